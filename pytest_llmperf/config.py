@@ -1,0 +1,224 @@
+"""Resolve what the user asked for into frozen ``Settings``.
+
+Precedence is command line > marker > ini / pyproject: this module resolves
+the command line and the ini keys (``[tool.pytest.ini_options]``) and reads
+the ``[tool.llmperf]`` tables of pyproject.toml (models, budgets); markers
+are applied per test by the session. Every bad value raises ``ConfigError``
+with a sentence that says what to type instead; the plugin turns it into a
+``pytest.UsageError``. This module must not start anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_llmperf.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+BACKENDS = ("llamacpp", "vllm", "ollama", "openai")
+MISMATCH_MODES = ("warn", "fail", "ignore")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--llm-*`` option and its ini key, declared once for both."""
+
+    flag: str
+    dest: str
+    help: str
+    metavar: str | None = None
+    default: object = None
+    action: str = "store"
+    ini_type: str | None = "string"
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("--llm-model", "llm_models", "model to test; repeat for several (default: gemma3-270m, "
+           "the embedded default on llama.cpp)", "NAME", None, "append", "linelist"),
+    Option("--llm-backend", "llm_backend", "engine that serves the models: llamacpp, vllm, ollama or "
+           "openai (an existing endpoint); default: the model's own default", "NAME", choices=BACKENDS),
+    Option("--llm-base-url", "llm_base_url", "attach to a running server at URL instead of starting one", "URL"),
+    Option("--llm-api-key-env", "llm_api_key_env", "name of the environment variable holding the API key "
+           "(the key itself is never written anywhere)", "VAR"),
+    Option("--llm-save-requests", "llm_save_requests", "write one JSONL line per request (raw "
+           "perf_counter_ns stamps) into DIR", "DIR"),
+    Option("--llm-server-executable", "llm_server_executable", "llama-server binary, Python with vLLM, or "
+           "ollama binary to start (default: built/found automatically)", "PATH"),
+    Option("--llm-server-arg", "llm_server_args", "extra argument for the server command line; repeatable",
+           "ARG", None, "append", "args"),
+    Option("--llm-server-option", "llm_server_options", "backend knob KEY=VALUE, e.g. "
+           "tensor_parallel_size=2, dtype=bfloat16, threads=2; repeatable", "KEY=VALUE", None, "append",
+           "linelist"),
+    Option("--llm-start-timeout", "llm_start_timeout", "seconds a server may take to become healthy "
+           "(default: 600)", "SECONDS", "600"),
+    Option("--llm-request-timeout", "llm_request_timeout", "seconds one request may take before it counts "
+           "as an error (default: 300)", "SECONDS", "300"),
+    Option("--llm-max-concurrency", "llm_max_concurrency", "server slots to start with (default: the "
+           "highest 'concurrency' parameter among the collected tests)", "N"),
+    Option("--llm-fit", "llm_fit", "print which registry models fit this machine and common GPUs, then exit",
+           None, False, "store_true", None),
+    Option("--llm-budget", "llm_budgets", "budget KEY=VALUE for every test, e.g. ttft_ms_p95=500; "
+           "repeatable; overrides markers and pyproject", "KEY=VALUE", None, "append", "linelist"),
+    Option("--llm-baseline", "llm_baseline", "pytest-benchmark JSON to gate regressions against (default: "
+           "the run --benchmark-compare selects)", "PATH"),
+    Option("--llm-tolerance", "llm_tolerances", "regression tolerance METRIC=PERCENT, e.g. ttft_ms_p50=15; "
+           "repeatable", "METRIC=PCT", None, "append", "linelist"),
+    Option("--llm-hardware-mismatch", "llm_hardware_mismatch", "when the baseline ran on other hardware, "
+           "engine or model: warn, fail or ignore (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
+    Option("--llm-report", "llm_report", "write a Markdown summary and PNG plots into DIR", "DIR"),
+    Option("--llm-telemetry-interval", "llm_telemetry_interval", "telemetry sampling period in seconds, "
+           "0 to turn it off (default: 0.1)", "SECONDS", "0.1"),
+    Option("--llm-telemetry-series", "llm_telemetry_series", "also write each test's telemetry time series "
+           "beside its requests (needs --llm-save-requests or --llm-report)", None, False, "store_true", "bool"),
+    Option("--llm-adaptive", "llm_adaptive", "stop each case once the 95% CIs of median TPOT and tok/s are "
+           "within 5% (the requests argument becomes a cap)", None, False, "store_true", "bool"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The session's resolved configuration."""
+
+    models: tuple[str, ...]
+    backend: str | None
+    base_url: str | None
+    api_key_env: str | None
+    save_requests: Path | None
+    server_executable: str | None
+    server_args: tuple[str, ...]
+    server_options: Mapping[str, str]
+    start_timeout_s: float
+    request_timeout_s: float
+    max_concurrency: int | None
+    budgets: Mapping[str, str]
+    baseline: Path | None
+    tolerances: Mapping[str, str]
+    hardware_mismatch: str
+    report_dir: Path | None
+    telemetry_interval_s: float
+    telemetry_series: bool
+    adaptive: bool
+    pyproject: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        return os.environ.get(self.api_key_env)
+
+
+Getter = Callable[[Option], object]
+
+
+def _pairs(values: Sequence[str], what: str, example: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for raw in values:
+        key, sep, value = raw.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{what} {raw!r} is not KEY=VALUE; write it like {example}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _number(raw: object, flag: str, *, minimum: float = 0.0, integer: bool = False) -> float:
+    try:
+        value = float(str(raw))
+    except ValueError:
+        raise ConfigError(f"{flag} takes a number, not {raw!r}; for example {flag}=30") from None
+    if value < minimum or (integer and value != int(value)):
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{flag} takes {kind} >= {minimum:g}, not {raw!r}")
+    return value
+
+
+def _list(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]  # type: ignore[attr-defined]
+
+
+def load_pyproject(rootdir: Path) -> dict[str, Any]:
+    """The ``[tool.llmperf]`` table of ``rootdir/pyproject.toml``, or ``{}``."""
+    path = rootdir / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    table = data.get("tool", {}).get("llmperf", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[tool.llmperf] in {path} must be a table")
+    unknown = set(table) - {"models", "budgets"}
+    if unknown:
+        raise ConfigError(f"[tool.llmperf] in {path} has unknown keys {sorted(unknown)}; it takes "
+                          "[tool.llmperf.models.<name>] and [tool.llmperf.budgets.\"<model>\"] tables")
+    return table
+
+
+def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
+    """Command line first, then the ini key, then the option's default."""
+
+    def get(dest: str) -> object:
+        option = next(o for o in OPTIONS if o.dest == dest)
+        value = cli(option)
+        if value in (None, [], False) and option.ini_type is not None:
+            value = ini(option)
+            if value in ("", []):
+                value = None
+        return option.default if value in (None, []) else value
+
+    backend = get("llm_backend")
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    mismatch = str(get("llm_hardware_mismatch"))
+    if mismatch not in MISMATCH_MODES:
+        raise ConfigError(f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch!r}")
+    base_url = get("llm_base_url")
+    if base_url is not None and not str(base_url).startswith(("http://", "https://")):
+        raise ConfigError(f"--llm-base-url must start with http:// or https://, not {base_url!r}")
+    if backend == "openai" and base_url is None:
+        raise ConfigError("--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL")
+    if base_url is not None and backend in ("llamacpp", "vllm"):
+        raise ConfigError(
+            f"--llm-base-url attaches to a running server, but --llm-backend={backend} starts one: "
+            "use --llm-backend=openai (or ollama) with --llm-base-url, or drop --llm-base-url"
+        )
+    max_conc = get("llm_max_concurrency")
+    models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_models")) if m.strip()))
+    return Settings(
+        models=models,
+        backend=str(backend) if backend else None,
+        base_url=str(base_url).rstrip("/") if base_url else None,
+        api_key_env=str(get("llm_api_key_env")) if get("llm_api_key_env") else None,
+        save_requests=Path(str(get("llm_save_requests"))) if get("llm_save_requests") else None,
+        server_executable=str(get("llm_server_executable")) if get("llm_server_executable") else None,
+        server_args=tuple(_list(get("llm_server_args"))),
+        server_options=_pairs(_list(get("llm_server_options")), "--llm-server-option", "dtype=bfloat16"),
+        start_timeout_s=_number(get("llm_start_timeout"), "--llm-start-timeout", minimum=1),
+        request_timeout_s=_number(get("llm_request_timeout"), "--llm-request-timeout", minimum=0.001),
+        max_concurrency=int(_number(max_conc, "--llm-max-concurrency", minimum=1, integer=True))
+        if max_conc is not None
+        else None,
+        budgets=_pairs(_list(get("llm_budgets")), "--llm-budget", "ttft_ms_p95=500"),
+        baseline=Path(str(get("llm_baseline"))) if get("llm_baseline") else None,
+        tolerances=_pairs(_list(get("llm_tolerances")), "--llm-tolerance", "ttft_ms_p50=15"),
+        hardware_mismatch=mismatch,
+        report_dir=Path(str(get("llm_report"))) if get("llm_report") else None,
+        telemetry_interval_s=_number(get("llm_telemetry_interval"), "--llm-telemetry-interval"),
+        telemetry_series=bool(get("llm_telemetry_series")),
+        adaptive=bool(get("llm_adaptive")),
+        pyproject=pyproject,
+    )

@@ -1,0 +1,151 @@
+"""The pytest11 entry point: options, ini keys, markers, fixtures and hooks.
+
+Everything stateful lives in ``LlmPerfSession`` (``session.py``), kept in
+``config.stash``; this module only declares things and delegates. Heavy
+modules are imported when a test needs a server, not at plugin load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pytest_llmperf.config import OPTIONS, load_pyproject, resolve
+from pytest_llmperf.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pytest_llmperf.servers.base import Server
+    from pytest_llmperf.session import LlmPerf, LlmPerfSession
+
+SESSION_KEY = pytest.StashKey["LlmPerfSession"]()
+SERVER_FIXTURES = ("llm_server", "llm_perf")
+
+MARKERS = (
+    "llm_budget(*presets, **limits): latency/throughput budget for this test, e.g. "
+    "llm_budget('mlperf-llama3.1-8b', ttft_ms_p95=500, output_tok_per_s_min=200)",
+    "llm_models(*names): run this test only for these models",
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmperf", "LLM serving performance (pytest-llmperf)")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.dest, "action": option.action, "help": option.help}
+        if option.action != "store_true":
+            kwargs["metavar"] = option.metavar
+        if option.choices:
+            kwargs["choices"] = option.choices
+        group.addoption(option.flag, **kwargs)
+        if option.ini_type is not None:
+            parser.addini(option.dest, option.help, type=option.ini_type)  # type: ignore[arg-type]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    if config.option.help or getattr(config.option, "version", False):
+        return
+    try:
+        settings = resolve(
+            lambda o: config.getoption(o.dest),
+            lambda o: config.getini(o.dest),
+            load_pyproject(config.rootpath),
+        )
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    from pytest_llmperf.session import LlmPerfSession
+
+    try:
+        config.stash[SESSION_KEY] = LlmPerfSession(config, settings)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def _session(config: pytest.Config) -> LlmPerfSession:
+    return config.stash[SESSION_KEY]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SESSION_KEY in config.stash:
+        _session(config).close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    if config.getoption("llm_fit", False):
+        from pytest_llmperf.session import LlmPerfSession
+
+        print(LlmPerfSession.fit_table(config))
+        return 0
+    return None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not any(name in metafunc.fixturenames for name in SERVER_FIXTURES):
+        return
+    session = _session(metafunc.config)
+    models = session.models_for(metafunc.definition)
+    # Session scope groups each model's tests together, so one server runs at a time.
+    metafunc.parametrize("llm_model", models, ids=models, scope="session")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _session(config).plan(items)
+
+
+@pytest.fixture(scope="session")
+def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Server]:
+    """The running server for ``llm_model``: started once per model, stopped after its last test."""
+    session = _session(request.config)
+    server = session.start_server(llm_model)
+    try:
+        yield server
+    finally:
+        session.stop_server(llm_model)
+
+
+@pytest.fixture
+def llm_perf(request: pytest.FixtureRequest, llm_server: Server, llm_model: str) -> LlmPerf:
+    """Runs measured scenarios against the model's server: ``llm_perf.run(input_tokens=..., ...)``."""
+    benchmark = request.getfixturevalue("benchmark")
+    return _session(request.config).perf_for(request.node, llm_model, llm_server, benchmark)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    result = yield
+    # The test body passed; a budget, regression or invalid measurement still fails it.
+    if SESSION_KEY in item.config.stash:
+        _session(item.config).enforce(item)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    if SESSION_KEY in item.config.stash:
+        _session(item.config).annotate(item, report)
+    return report
+
+
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:
+    if report.when == "call" and getattr(report, "llmperf_invalid", False):
+        return "invalid", "I", "INVALID"
+    return None
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if SESSION_KEY in config.stash:
+        _session(config).terminal_summary(terminalreporter)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if SESSION_KEY in session.config.stash:
+        _session(session.config).finish()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    if SESSION_KEY in config.stash:
+        machine_info["llmperf"] = _session(config).machine_info()

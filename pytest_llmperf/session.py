@@ -1,0 +1,257 @@
+"""Per-session state: one server per model, the results, end-of-session output.
+
+The plugin keeps one ``LlmPerfSession`` in ``config.stash``. It sizes the
+servers from the collected tests, starts a model's server when its first test
+needs it and stops it after the last one (pytest's session-scoped parametrize
+runs one model's tests together, so two servers never run at once), stops
+every server on SIGTERM, Ctrl-C or exit, and writes reports at the end.
+Measurement itself lives in ``perf.py``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from pytest_llmperf import models as model_registry
+from pytest_llmperf.config import Settings
+from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
+from pytest_llmperf.models import DEFAULT_MODEL, ModelSpec
+from pytest_llmperf.perf import LlmPerf, TestResult
+from pytest_llmperf.servers.base import LaunchRequest, Server
+
+DEFAULT_MAX_CONCURRENCY = 4
+DEFAULT_MAX_CONTEXT = 2048
+
+
+class LlmPerfSession:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.registry = model_registry.registry_with_overrides(settings.pyproject.get("models", {}))
+        self.model_names: tuple[str, ...] = settings.models or (DEFAULT_MODEL,)
+        self.specs: dict[str, ModelSpec] = {
+            name: model_registry.lookup(name, self.registry) for name in self.model_names
+        }
+        self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
+        self.max_context = DEFAULT_MAX_CONTEXT
+        self.servers: dict[str, Server] = {}
+        self.dead: dict[str, str] = {}
+        self.results: list[TestResult] = []
+        self._log_dir: Path | None = None
+        self._lock = threading.Lock()
+        self._previous_sigterm: Any = None
+        self._install_signal_handlers()
+        atexit.register(self.close)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def backend_for(self, model: str) -> str:
+        return self.settings.backend or self.specs[model].default_backend
+
+    def models_for(self, definition: pytest.Function) -> list[str]:
+        marker = definition.get_closest_marker("llm_models")
+        if marker is None:
+            return list(self.model_names)
+        wanted = [str(a) for a in marker.args]
+        return [m for m in self.model_names if m in wanted] or []
+
+    def plan(self, items: list[pytest.Item]) -> None:
+        """Size servers from the collected tests' ``concurrency``/token parameters."""
+        concurrency, context = 0, 0
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if "llm_model" not in params:
+                continue
+            concurrency = max(concurrency, int(params.get("concurrency", 0) or 0))
+            tokens = int(params.get("input_tokens", 0) or 0) + int(params.get("output_tokens", 0) or 0)
+            context = max(context, tokens)
+        if self.settings.max_concurrency is None and concurrency:
+            self.max_concurrency = concurrency
+        if context:
+            self.max_context = context
+
+    # -- servers ----------------------------------------------------------------------------
+
+    @property
+    def log_dir(self) -> Path:
+        if self._log_dir is None:
+            factory = getattr(self.config, "_tmp_path_factory", None)
+            base = factory.getbasetemp() if factory is not None else Path(tempfile.mkdtemp())
+            self._log_dir = base / "llmperf-logs"
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+        return self._log_dir
+
+    def progress(self, line: str) -> None:
+        """Show progress (a llama-server build, a model pull) even under capture."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        cm = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+        with cm:
+            if reporter is not None:
+                reporter.write_line(f"[llmperf] {line}")
+            else:
+                print(f"[llmperf] {line}", file=sys.stderr)
+
+    def start_server(self, model: str) -> Server:
+        from pytest_llmperf import fit
+        from pytest_llmperf.servers import get_backend
+
+        spec = self.specs[model]
+        backend_name = self.backend_for(model)
+        if self.settings.base_url is None:
+            verdict = fit.check(spec, backend_name, self.settings.server_options, self.max_context,
+                                self.max_concurrency)  # fmt: skip
+            if not verdict.fits:
+                pytest.skip(verdict.reason)
+        request = LaunchRequest(
+            model=spec,
+            max_concurrency=self.max_concurrency,
+            max_context=self.max_context,
+            log_dir=self.log_dir,
+            start_timeout_s=self.settings.start_timeout_s,
+            base_url=self.settings.base_url,
+            api_key=self.settings.api_key,
+            executable=self.settings.server_executable,
+            extra_args=self.settings.server_args,
+            options=self.settings.server_options,
+        )
+        backend = get_backend(backend_name, progress=self.progress)
+        started = time.monotonic()
+        server = backend.launch(request)
+        with self._lock:
+            self.servers[model] = server
+        pid = f"pid {server.pid}" if server.pid is not None else "attached"
+        self.progress(
+            f"server started for {model} ({backend_name}, {pid}, {server.base_url}) "
+            f"in {time.monotonic() - started:.1f} s"
+        )
+        return server
+
+    def stop_server(self, model: str) -> None:
+        with self._lock:
+            server = self.servers.pop(model, None)
+        if server is not None:
+            server.stop()
+            self.progress(f"server stopped for {model}")
+
+    def check_server(self, model: str, server: Server) -> None:
+        """Error fast for a model whose server already died; detect a fresh death."""
+        if model in self.dead:
+            raise ServerDiedError(self.dead[model])
+        try:
+            server.check_alive()
+        except ServerDiedError as exc:
+            self.dead[model] = str(exc)
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            servers = list(self.servers.items())
+            self.servers.clear()
+        for _model, server in servers:
+            with contextlib.suppress(Exception):
+                server.stop()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
+            # Become a KeyboardInterrupt: pytest then tears fixtures down and writes results.
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    # -- per test ---------------------------------------------------------------------------
+
+    def perf_for(self, node: pytest.Item, model: str, server: Server, benchmark: Any) -> LlmPerf:
+        return LlmPerf(self, node, model, self.backend_for(model), server, benchmark)
+
+    def record(self, result: TestResult) -> None:
+        self.results.append(result)
+
+    def results_for(self, nodeid: str) -> list[TestResult]:
+        return [r for r in self.results if r.nodeid == nodeid]
+
+    def enforce(self, item: pytest.Item) -> None:
+        failing = [r for r in self.results_for(item.nodeid) if r.outcome.kind != "pass"]
+        if not failing:
+            return
+        reasons = [f"{r.outcome.kind}: {reason}" for r in failing for reason in r.outcome.reasons]
+        pytest.fail("\n".join(reasons), pytrace=False)
+
+    def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        results = self.results_for(item.nodeid)
+        if report.when != "call" or not results:
+            return
+        from pytest_llmperf import report as reports
+
+        for result in results:
+            if result.outcome.kind == "invalid" and report.failed:
+                report.llmperf_invalid = True  # type: ignore[attr-defined]
+            report.user_properties.extend(reports.junit_properties(result.run, result.outcome))
+
+    # -- end of session ---------------------------------------------------------------------
+
+    def terminal_summary(self, reporter: Any) -> None:
+        if not self.results:
+            return
+        from pytest_llmperf import report as reports
+
+        reporter.write_sep("-", "llmperf summary")
+        reporter.write_line(reports.terminal_table(self._rows()))
+        for warning in self.session_warnings():
+            reporter.write_line(f"warning: {warning}", yellow=True)
+
+    def _rows(self) -> list[Any]:
+        from pytest_llmperf import report as reports
+
+        return [reports.ReportRow.from_result(r.nodeid, r.run, r.outcome) for r in self.results]
+
+    def session_warnings(self) -> list[str]:
+        from pytest_llmperf import telemetry
+
+        return telemetry.session_warnings()
+
+    def finish(self) -> None:
+        self.close()
+        report_dir = self.settings.report_dir
+        if report_dir is None or not self.results:
+            return
+        from pytest_llmperf import report as reports
+
+        try:
+            reports.write_markdown(report_dir, self._rows())
+            reports.write_plots(report_dir, [r.run for r in self.results])
+        except (OSError, LlmPerfError) as exc:
+            self.progress(f"could not write the report into {report_dir}: {exc}")
+
+    def machine_info(self) -> dict[str, Any]:
+        from pytest_llmperf import telemetry
+
+        info: dict[str, Any] = dict(telemetry.machine_info())
+        info["engines"] = {r.run.model: r.engine for r in self.results}
+        return info
+
+    @staticmethod
+    def fit_table(config: pytest.Config) -> str:
+        from pytest_llmperf import fit
+        from pytest_llmperf.config import load_pyproject
+
+        try:
+            pyproject = load_pyproject(config.rootpath)
+            registry = model_registry.registry_with_overrides(pyproject.get("models", {}))
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        return fit.table(registry)

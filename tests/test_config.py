@@ -1,0 +1,83 @@
+"""Settings resolution: command line > ini, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf.config import OPTIONS, Option, Settings, load_pyproject, resolve
+from pytest_llmperf.errors import ConfigError
+
+
+def settings(cli: dict[str, object] | None = None, ini: dict[str, object] | None = None) -> Settings:
+    cli, ini = cli or {}, ini or {}
+    return resolve(lambda o: cli.get(o.dest), lambda o: ini.get(o.dest, ""), {})
+
+
+def test_defaults() -> None:
+    s = settings()
+    assert s.models == ()
+    assert s.backend is None
+    assert s.start_timeout_s == 600.0
+    assert s.request_timeout_s == 300.0
+    assert s.telemetry_interval_s == 0.1
+    assert s.hardware_mismatch == "warn"
+    assert s.budgets == {}
+
+
+def test_command_line_beats_ini() -> None:
+    s = settings({"llm_backend": "vllm", "llm_models": ["a", "b", "a"]},
+                 {"llm_backend": "ollama", "llm_models": ["c"]})  # fmt: skip
+    assert s.backend == "vllm"
+    assert s.models == ("a", "b")
+
+
+def test_ini_used_when_command_line_is_silent() -> None:
+    s = settings(ini={"llm_models": ["qwen2.5-7b"], "llm_start_timeout": "42"})
+    assert s.models == ("qwen2.5-7b",)
+    assert s.start_timeout_s == 42.0
+
+
+def test_pairs_are_parsed() -> None:
+    s = settings({"llm_budgets": ["ttft_ms_p95=500", "error_rate_max = 0"],
+                  "llm_server_options": ["tensor_parallel_size=2"]})  # fmt: skip
+    assert s.budgets == {"ttft_ms_p95": "500", "error_rate_max": "0"}
+    assert s.server_options == {"tensor_parallel_size": "2"}
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        ({"llm_backend": "tgi"}, "unknown backend 'tgi': use one of llamacpp, vllm, ollama, openai"),
+        ({"llm_backend": "openai"}, "--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL"),
+        ({"llm_base_url": "localhost:8000"}, "--llm-base-url must start with http:// or https://"),
+        ({"llm_start_timeout": "soon"}, "--llm-start-timeout takes a number, not 'soon'"),
+        ({"llm_max_concurrency": "2.5"}, "--llm-max-concurrency takes a whole number >= 1"),
+        ({"llm_budgets": ["ttft_ms_p95"]}, "--llm-budget 'ttft_ms_p95' is not KEY=VALUE"),
+        ({"llm_base_url": "http://x", "llm_backend": "vllm"}, "--llm-base-url attaches to a running server"),
+    ],
+)
+def test_bad_values_say_what_to_type(cli: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(cli)
+    assert message in str(info.value)
+
+
+def test_every_option_has_help_and_an_ini_key_or_is_a_command() -> None:
+    for option in OPTIONS:
+        assert isinstance(option, Option)
+        assert option.flag.startswith("--llm-")
+        assert option.help
+        assert option.ini_type is not None or option.dest == "llm_fit"
+
+
+def test_pyproject_tables(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.llmperf.budgets."gemma3-270m"]\nttft_ms_p95 = 900\n')
+    assert load_pyproject(tmp_path) == {"budgets": {"gemma3-270m": {"ttft_ms_p95": 900}}}
+    (tmp_path / "pyproject.toml").write_text("[tool.llmperf]\nbudget = 1\n")
+    with pytest.raises(ConfigError, match="unknown keys \\['budget'\\]"):
+        load_pyproject(tmp_path)
+    (tmp_path / "pyproject.toml").write_text("[tool.llmperf\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_pyproject(tmp_path)
