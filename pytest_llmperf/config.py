@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 BACKENDS = ("llamacpp", "vllm", "ollama", "openai")
-MISMATCH_MODES = ("warn", "fail", "ignore")
+MISMATCH_MODES = ("warn", "fail", "off")
 
 
 @dataclass(frozen=True)
@@ -67,21 +67,21 @@ OPTIONS: tuple[Option, ...] = (
            "highest 'concurrency' parameter among the collected tests)", "N"),
     Option("--llm-fit", "llm_fit", "print which registry models fit this machine and common GPUs, then exit",
            None, False, "store_true", None),
-    Option("--llm-budget", "llm_budgets", "budget KEY=VALUE for every test, e.g. ttft_ms_p95=500; "
-           "repeatable; overrides markers and pyproject", "KEY=VALUE", None, "append", "linelist"),
+    Option("--llm-budget", "llm_budgets", "budget KEY=VALUE or preset name for every test, e.g. "
+           "ttft_ms_p95=500 or mlperf-llama3.1-8b; repeatable; overrides markers and pyproject", "KEY=VALUE", None, "append", "linelist"),
     Option("--llm-baseline", "llm_baseline", "pytest-benchmark JSON to gate regressions against (default: "
            "the run --benchmark-compare selects)", "PATH"),
-    Option("--llm-tolerance", "llm_tolerances", "regression tolerance METRIC=PERCENT, e.g. ttft_ms_p50=15; "
-           "repeatable", "METRIC=PCT", None, "append", "linelist"),
+    Option("--llm-tolerance", "llm_tolerances", "regression tolerance METRIC=PERCENT, e.g. tpot_ms=5%% "
+           "(defaults: ttft_ms 10%%, tpot/itl/e2e/tok/s 5%%, error_rate 0.01); repeatable", "METRIC=PCT", None, "append", "linelist"),
     Option("--llm-hardware-mismatch", "llm_hardware_mismatch", "when the baseline ran on other hardware, "
-           "engine or model: warn, fail or ignore (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
+           "engine or model: warn, fail or off (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
     Option("--llm-report", "llm_report", "write a Markdown summary and PNG plots into DIR", "DIR"),
     Option("--llm-telemetry-interval", "llm_telemetry_interval", "telemetry sampling period in seconds, "
            "0 to turn it off (default: 0.1)", "SECONDS", "0.1"),
     Option("--llm-telemetry-series", "llm_telemetry_series", "also write each test's telemetry time series "
            "beside its requests (needs --llm-save-requests or --llm-report)", None, False, "store_true", "bool"),
-    Option("--llm-adaptive", "llm_adaptive", "stop each case once the 95% CIs of median TPOT and tok/s are "
-           "within 5% (the requests argument becomes a cap)", None, False, "store_true", "bool"),
+    Option("--llm-adaptive", "llm_adaptive", "stop each case once the 95%% CIs of median TPOT and tok/s are "
+           "within 5%% (the requests argument becomes a cap)", None, False, "store_true", "bool"),
 )  # fmt: skip
 
 
@@ -100,9 +100,9 @@ class Settings:
     start_timeout_s: float
     request_timeout_s: float
     max_concurrency: int | None
-    budgets: Mapping[str, str]
+    budgets: tuple[str, ...]
     baseline: Path | None
-    tolerances: Mapping[str, str]
+    tolerances: tuple[str, ...]
     hardware_mismatch: str
     report_dir: Path | None
     telemetry_interval_s: float
@@ -212,9 +212,9 @@ def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
         max_concurrency=int(_number(max_conc, "--llm-max-concurrency", minimum=1, integer=True))
         if max_conc is not None
         else None,
-        budgets=_pairs(_list(get("llm_budgets")), "--llm-budget", "ttft_ms_p95=500"),
+        budgets=tuple(_list(get("llm_budgets"))),
         baseline=Path(str(get("llm_baseline"))) if get("llm_baseline") else None,
-        tolerances=_pairs(_list(get("llm_tolerances")), "--llm-tolerance", "ttft_ms_p50=15"),
+        tolerances=tuple(_list(get("llm_tolerances"))),
         hardware_mismatch=mismatch,
         report_dir=Path(str(get("llm_report"))) if get("llm_report") else None,
         telemetry_interval_s=_number(get("llm_telemetry_interval"), "--llm-telemetry-interval"),

@@ -176,10 +176,8 @@ class LlmPerf:
         return dataclasses.replace(result, extra=extra), died
 
     def _judge(self, result: RunResult) -> Outcome:
-        from pytest_llmperf import verdict
-
         try:
-            return verdict.judge_for_test(self._session, self._node, result)
+            return self._session.gate.judge(self._node, self.model, result, self._session.machine_info())
         except LlmPerfError as exc:
             raise pytest.UsageError(str(exc)) from None
 

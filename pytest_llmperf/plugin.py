@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_llmperf.config import OPTIONS, load_pyproject, resolve
-from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.errors import ConfigError, LlmPerfError
 
 if TYPE_CHECKING:
     from pytest_llmperf.servers.base import Server
@@ -59,7 +59,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     try:
         config.stash[SESSION_KEY] = LlmPerfSession(config, settings)
-    except ConfigError as exc:
+    except LlmPerfError as exc:
         raise pytest.UsageError(str(exc)) from None
 
 

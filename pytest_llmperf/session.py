@@ -26,6 +26,7 @@ import pytest
 from pytest_llmperf import models as model_registry
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
+from pytest_llmperf.gate import Gate
 from pytest_llmperf.models import DEFAULT_MODEL, ModelSpec
 from pytest_llmperf.perf import LlmPerf, TestResult
 from pytest_llmperf.servers.base import LaunchRequest, Server
@@ -43,9 +44,11 @@ class LlmPerfSession:
         self.specs: dict[str, ModelSpec] = {
             name: model_registry.lookup(name, self.registry) for name in self.model_names
         }
+        self.gate = Gate(config, settings)
         self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
         self.max_context = DEFAULT_MAX_CONTEXT
         self.servers: dict[str, Server] = {}
+        self.server_info: dict[str, dict[str, Any]] = {}
         self.dead: dict[str, str] = {}
         self.results: list[TestResult] = []
         self._log_dir: Path | None = None
@@ -131,6 +134,13 @@ class LlmPerfSession:
         server = backend.launch(request)
         with self._lock:
             self.servers[model] = server
+        self.server_info[model] = {
+            "backend": backend_name,
+            "engine": getattr(server, "engine", backend_name),
+            "engine_version": getattr(server, "engine_version", None),
+            "model_id": getattr(server, "model_id", None) or spec.name,
+            "model_revision": None,
+        }
         pid = f"pid {server.pid}" if server.pid is not None else "attached"
         self.progress(
             f"server started for {model} ({backend_name}, {pid}, {server.base_url}) "
@@ -238,11 +248,19 @@ class LlmPerfSession:
             self.progress(f"could not write the report into {report_dir}: {exc}")
 
     def machine_info(self) -> dict[str, Any]:
+        """``machine_info["llmperf"]``: the setup a baseline comparison checks."""
         from pytest_llmperf import telemetry
 
-        info: dict[str, Any] = dict(telemetry.machine_info())
-        info["engines"] = {r.run.model: r.engine for r in self.results}
-        return info
+        host: dict[str, Any] = dict(telemetry.machine_info())
+        gpus = host.get("gpus") or []
+        return {
+            "schema": 1,
+            "gpu_name": gpus[0].get("name") if gpus else None,
+            "gpu_count": len(gpus),
+            "gpu_driver": host.get("driver_version"),
+            "servers": dict(self.server_info),
+            "host": host,
+        }
 
     @staticmethod
     def fit_table(config: pytest.Config) -> str:

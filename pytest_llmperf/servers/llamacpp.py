@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,9 @@ class LlamaCppServer:
     slots: int = 1
     headers: Mapping[str, str] = field(default_factory=dict)
     backend: str = "llamacpp"
+    engine: str = "llama.cpp"
+    engine_version: str | None = None
+    model_id: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -154,7 +158,26 @@ class LlamaCppBackend:
         except BaseException:
             process.stop()  # Ctrl-C during start-up must not leave the server behind
             raise
-        return LlamaCppServer(model=spec.name, base_url=base_url, process=process, slots=slots)
+        return LlamaCppServer(
+            model=spec.name,
+            base_url=base_url,
+            process=process,
+            slots=slots,
+            engine_version=engine_version(binary),
+            model_id=gguf.name,
+        )
+
+
+def engine_version(binary: Path) -> str | None:
+    """``llama-server --version``'s first line, e.g. ``version: 0.5.0-dev (build 1, commit 0c1e570)``."""
+    try:
+        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in (done.stdout + done.stderr).splitlines():
+        if line.startswith("version:"):
+            return line.removeprefix("version:").strip()
+    return None
 
 
 def _clean_env() -> dict[str, str]:

@@ -1,0 +1,74 @@
+"""Per-test gating: which budgets apply, which baseline entry, which setup check.
+
+Resolves the layers (command line > ``llm_budget`` marker > pyproject), finds
+the baseline run (``--llm-baseline`` or what ``--benchmark-compare`` selects,
+resolved once, before this session saves its own run) and hands everything to
+the pure ``verdict.judge``. This module must not measure or write anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_llmperf import budgets, verdict
+from pytest_llmperf.baseline import Baseline, load_baseline, resolve_compare
+from pytest_llmperf.config import Settings
+from pytest_llmperf.records import RunResult
+
+
+class Gate:
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self._config = config
+        self._settings = settings
+        # Parsed at configure time, so a bad budget is a usage error before any server starts.
+        self.cli = budgets.parse_cli(list(settings.budgets))
+        self.per_model = budgets.parse_tables(settings.pyproject.get("budgets", {}))
+        self.tolerances = verdict.parse_tolerances(list(settings.tolerances))
+        self._baseline_path = self._find_baseline()
+        self._baseline: Baseline | None = None
+
+    def _find_baseline(self) -> Path | None:
+        if self._settings.baseline is not None:
+            return self._settings.baseline
+        compare = self._config.getoption("benchmark_compare", None)
+        if not compare:  # pytest-benchmark defaults it to []
+            return None
+        storage = str(self._config.getoption("benchmark_storage", "file://./.benchmarks"))
+        return resolve_compare(True if compare is True else str(compare), storage)
+
+    @property
+    def baseline(self) -> Baseline | None:
+        if self._baseline is None and self._baseline_path is not None:
+            self._baseline = load_baseline(self._baseline_path)
+        return self._baseline
+
+    def budgets_for(self, node: pytest.Item, model: str) -> budgets.Budgets:
+        # iter_markers yields the closest marker first; fold from the farthest so the closest wins.
+        marker: budgets.Budgets | None = None
+        for mark in reversed(list(node.iter_markers("llm_budget"))):
+            layer = budgets.parse_marker(mark.args, mark.kwargs, source=f"llm_budget of {node.nodeid}")
+            marker = budgets.merge_budgets(marker, layer)
+        return budgets.merge_budgets(self.per_model.get(model), marker, self.cli)
+
+    def judge(
+        self, node: pytest.Item, model: str, result: RunResult, machine_info: Mapping[str, Any]
+    ) -> verdict.Outcome:
+        baseline = self.baseline
+        entry = baseline.llm(node.nodeid) if baseline is not None else None
+        hardware = None
+        if baseline is not None and entry is not None:
+            hardware = verdict.check_hardware(
+                baseline.machine_info, {"llmperf": machine_info}, model,
+                mode=self._settings.hardware_mismatch,  # type: ignore[arg-type]
+            )  # fmt: skip
+        return verdict.judge(
+            result,
+            self.budgets_for(node, model),
+            entry,
+            tolerances=self.tolerances,
+            hardware=hardware,
+        )
