@@ -10,6 +10,7 @@ the result; whatever was measured is recorded before anything can fail.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,23 @@ from pytest_llmperf.servers.base import Server
 if TYPE_CHECKING:
     from pytest_llmperf.session import LlmPerfSession
     from pytest_llmperf.verdict import Outcome
+
+
+def _telemetry(sampler: Any, result: RunResult) -> dict[str, Any]:
+    """The sampler's summary plus what needs the run too: J/token and the TTFT cross-check."""
+    from pytest_llmperf import telemetry
+
+    summary: dict[str, Any] = dict(sampler.summary())
+    output_tokens = sum(r.output_tokens or 0 for r in result.measured if r.ok)
+    summary["energy_j_per_output_token"] = telemetry.energy_per_token(summary, output_tokens or None)
+    server_ttft = (summary.get("server_metrics") or {}).get("ttft_ms") or {}
+    client_ttft = result.summary.ttft_ms
+    if server_ttft.get("mean") is not None and client_ttft is not None:
+        summary["ttft_cross_check"] = telemetry.cross_check_ttft(
+            server_ttft["mean"], client_ttft.mean,
+            server_requests=server_ttft.get("count"), client_requests=client_ttft.count,
+        )  # fmt: skip
+    return summary
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class LlmPerf:
         self.server = server
         self._benchmark = benchmark
         self.results: list[RunResult] = []
+        self._series: list[dict[str, Any]] = []
 
     def run(
         self,
@@ -148,18 +167,18 @@ class LlmPerf:
             capabilities=caps,
             headers=dict(getattr(self.server, "headers", {}) or {}),
         )
+        sampler: telemetry.Sampler | None = None
+        if settings.telemetry_interval_s > 0:
+            sampler = telemetry.Sampler(
+                interval_s=settings.telemetry_interval_s,
+                server_pid=self.server.pid,
+                metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
+                ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
+                keep_series=settings.telemetry_series,
+            )
         log = RequestLog.open(settings.save_requests, self._node.nodeid, self.model, self.backend)
-        metrics_url = self.server.base_url + caps.metrics_path if caps.metrics_path else None
-        sampler = telemetry.Sampler(
-            interval_s=settings.telemetry_interval_s,
-            server_pid=self.server.pid,
-            metrics_url=metrics_url,
-            ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
-            keep_series=settings.telemetry_series,
-            headers=target.headers,
-        )
         try:
-            with sampler:
+            with sampler if sampler is not None else contextlib.nullcontext():
                 result = runner.measure(
                     target, scenario, model=self.model, backend=self.backend, on_record=log.write
                 )
@@ -170,10 +189,12 @@ class LlmPerf:
             self._session.check_server(self.model, self.server)
         except ServerDiedError as exc:
             died = exc
-        extra = dict(result.extra)
-        extra["telemetry"] = telemetry.finish_summary(sampler, result)
-        self._series = sampler.series()
-        return dataclasses.replace(result, extra=extra), died
+        if sampler is None:
+            return result, died
+        for warning in sampler.warnings:
+            self._session.warn_once(warning)
+        self._series = [dict(point) for point in sampler.series()]
+        return dataclasses.replace(result, extra={**result.extra, "telemetry": _telemetry(sampler, result)}), died
 
     def _judge(self, result: RunResult) -> Outcome:
         try:

@@ -51,6 +51,7 @@ class LlmPerfSession:
         self.server_info: dict[str, dict[str, Any]] = {}
         self.dead: dict[str, str] = {}
         self.results: list[TestResult] = []
+        self._warnings: list[str] = []
         self._log_dir: Path | None = None
         self._lock = threading.Lock()
         self._previous_sigterm: Any = None
@@ -232,7 +233,12 @@ class LlmPerfSession:
     def session_warnings(self) -> list[str]:
         from pytest_llmperf import telemetry
 
-        return telemetry.session_warnings()
+        _reader, gpu_warning = telemetry.probe_gpu()
+        return ([gpu_warning] if gpu_warning else []) + list(self._warnings)
+
+    def warn_once(self, text: str) -> None:
+        if text not in self._warnings:
+            self._warnings.append(text)
 
     def finish(self) -> None:
         self.close()
