@@ -258,12 +258,13 @@ class LlmPerfSession:
         from pytest_llmperf import telemetry
 
         host: dict[str, Any] = dict(telemetry.machine_info())
-        gpus = host.get("gpus") or []
+        gpu = host.get("gpu") or {}
+        names = gpu.get("names") or []
         return {
             "schema": 1,
-            "gpu_name": gpus[0].get("name") if gpus else None,
-            "gpu_count": len(gpus),
-            "gpu_driver": host.get("driver_version"),
+            "gpu_name": names[0] if names else None,
+            "gpu_count": int(gpu.get("count") or 0),
+            "gpu_driver": gpu.get("driver_version"),
             "servers": dict(self.server_info),
             "host": host,
         }
