@@ -90,9 +90,7 @@ class RequestRecord:
         """(E2E - TTFT) / (output tokens - 1), as vLLM's ``bench serve`` defines it."""
         if not self.ok or self.output_tokens is None or self.output_tokens < 2:
             return None
-        ttft, e2e = self.ttft_ns, self.e2e_ns
-        assert ttft is not None and e2e is not None
-        return (e2e - ttft) / (self.output_tokens - 1)
+        return (self.end_ns - self.chunk_ns[0]) / (self.output_tokens - 1)
 
     @property
     def itl_ns(self) -> tuple[float, ...]:
@@ -100,17 +98,22 @@ class RequestRecord:
 
         The tokens of the first chunk beyond its first arrive together with it,
         so they add gaps of zero: every token after the first has one gap, and
-        ``len(itl_ns) == output tokens - 1`` whenever chunk counts are known.
+        ``len(itl_ns) == sum(chunk_tokens) - 1``. A chunk that carried no token
+        passes its time on to the next chunk that did. Without a token count for
+        every chunk the per-token gaps are unknown, so this is empty.
         """
-        if not self.ok:
+        if not self.ok or len(self.chunk_tokens) != len(self.chunk_ns):
             return ()
-        gaps: list[float] = [0.0] * max(self.chunk_tokens[0] - 1, 0) if self.chunk_tokens else []
-        for i in range(1, len(self.chunk_ns)):
-            k = self.chunk_tokens[i] if i < len(self.chunk_tokens) else 1
+        gaps: list[float] = []
+        previous: int | None = None
+        for at, k in zip(self.chunk_ns, self.chunk_tokens, strict=True):
             if k <= 0:
                 continue
-            gap = (self.chunk_ns[i] - self.chunk_ns[i - 1]) / k
-            gaps.extend([gap] * k)
+            if previous is None:
+                gaps.extend([0.0] * (k - 1))
+            else:
+                gaps.extend([(at - previous) / k] * k)
+            previous = at
         return tuple(gaps)
 
 

@@ -1,0 +1,183 @@
+"""The streaming client against the deterministic server: every API, every fault.
+
+Latency checks here are causal only (the server cannot write a token before
+it received the request; the client cannot read it before it was written),
+so they hold on any machine, however loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytest_llmperf import client
+from pytest_llmperf.client import Target
+from pytest_llmperf.records import Api, RequestRecord
+from pytest_llmperf.servers.base import Capabilities, free_port
+from pytest_llmperf.testing.harness import DetServer, running_detserver
+
+APIS: list[Api] = ["completions", "chat", "ollama-generate", "ollama-chat"]
+PROMPT = "one two three four five"  # 5 words: 6 tokens with BOS, 9 through the chat template
+
+
+def send(
+    target: Target, request_id: str = "req-1", max_tokens: int = 8, timeout_s: float = 30.0
+) -> RequestRecord:
+    prepared = client.prepare(
+        target, PROMPT, request_id=request_id, scenario="t", input_tokens=6, max_tokens=max_tokens
+    )
+    return asyncio.run(client.send(prepared, scheduled_ns=time.perf_counter_ns(), timeout_s=timeout_s))
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
+    with running_detserver(tmp_path_factory.mktemp("det"), ttft_ms=20, itl_ms=2) as server:
+        yield server
+
+
+@pytest.mark.parametrize("usage_per_chunk", [False, True])
+@pytest.mark.parametrize("api", APIS)
+def test_stream_is_parsed_and_joined_to_server_stamps(
+    det: DetServer, api: Api, usage_per_chunk: bool
+) -> None:
+    rid = f"{api}-{usage_per_chunk}"
+    r = send(det.target(api, usage_per_chunk=usage_per_chunk), request_id=rid)
+    assert r.error is None, r.error
+    assert r.status == 200
+    assert r.output_tokens == 8
+    assert r.input_tokens == (9 if "chat" in api else 6)
+    assert len(r.chunk_ns) == 8
+    assert r.chunk_tokens == (1,) * 8
+    ollama = api.startswith("ollama")
+    assert r.chunk_tokens_source == ("usage" if usage_per_chunk and not ollama else "one_per_chunk")
+    assert len(r.itl_ns) == 7
+    stamp = det.stamps()[rid]  # the x-request-id header reached the server
+    assert stamp["tokens"] == 8
+    assert r.sent_ns <= stamp["recv_ns"] <= stamp["first_ns"] <= r.chunk_ns[0]
+    assert stamp["first_ns"] - stamp["recv_ns"] >= 20_000_000  # the server's TTFT is a floor
+    assert r.ttft_ns is not None
+    assert r.ttft_ns >= 20_000_000
+    assert r.chunk_ns == tuple(sorted(r.chunk_ns))
+    assert r.end_ns >= r.chunk_ns[-1]
+
+
+@pytest.mark.parametrize(
+    ("api", "usage_per_chunk", "source", "tokens"),
+    [
+        ("completions", True, "usage", (3, 3, 2)),
+        ("chat", True, "usage", (3, 3, 2)),
+        ("completions", False, "estimated", None),
+        ("ollama-generate", False, "estimated", None),
+    ],
+)
+def test_multi_token_chunks(
+    tmp_path: Path, api: Api, usage_per_chunk: bool, source: str, tokens: tuple[int, ...] | None
+) -> None:
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, args=["--chunk-tokens", "3"]) as server:
+        r = send(server.target(api, usage_per_chunk=usage_per_chunk))
+    assert r.error is None, r.error
+    assert r.output_tokens == 8  # from usage: three chunks carried eight tokens
+    assert len(r.chunk_ns) == 3
+    assert r.chunk_tokens_source == source
+    assert sum(r.chunk_tokens) == 8
+    assert min(r.chunk_tokens) >= 1
+    if tokens is not None:
+        assert r.chunk_tokens == tokens
+    assert len(r.itl_ns) == 7
+
+
+@pytest.mark.parametrize(
+    ("fault", "api", "expected"),
+    [
+        ("http500", "completions", "HTTP 500: "),
+        ("http500", "ollama-chat", 'HTTP 500: {"error":"detserver: injected fault http500"}'),
+        ("malformed", "completions", "malformed SSE event #5"),
+        ("malformed", "chat", "malformed SSE event #6"),  # after the role chunk
+        ("malformed", "ollama-generate", "malformed NDJSON line #5"),
+        ("truncate", "completions", "stream truncated: no [DONE] after 4 content chunks, body incomplete"),
+        ("truncate", "ollama-generate", "stream truncated: no done:true line after 4 content chunks"),
+        ("ignore-max-tokens", "completions", "output longer than max_tokens: server sent 10 tokens, 8 were"),
+        ("ignore-max-tokens", "ollama-generate", "output longer than max_tokens: server sent 10 tokens"),
+    ],
+)
+def test_faults_become_error_records(tmp_path: Path, fault: str, api: Api, expected: str) -> None:
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, fault=fault) as server:
+        r = send(server.target(api))
+        assert server.alive()
+    assert not r.ok
+    assert r.error is not None
+    assert r.error.startswith(expected), r.error
+    assert r.ttft_ns is None
+
+
+def test_early_eos_is_a_short_answer_not_an_error(tmp_path: Path) -> None:
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, fault="early-eos") as server:
+        r = send(server.target("completions"))
+    assert r.error is None
+    assert r.output_tokens == 4  # the run-level check flags it as a length miss
+
+
+@pytest.mark.parametrize("fault", ["hang", "slow"])
+def test_timeout_closes_the_request(tmp_path: Path, fault: str) -> None:
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, fault=fault) as server:
+        started = time.monotonic()
+        r = send(server.target("completions"), timeout_s=0.5)
+        elapsed = time.monotonic() - started
+    assert r.error == "timeout after 0.5 s"
+    assert elapsed < 10  # it did not wait for the slow stream's 8 s
+    if fault == "slow":
+        assert len(r.chunk_ns) >= 1  # what arrived is kept for the request log
+
+
+def test_server_that_dies_gives_connection_errors(tmp_path: Path) -> None:
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, fault="die-after=1") as server:
+        first = send(server.target("completions"), request_id="a")
+        server.process.proc.wait(timeout=10)
+        second = send(server.target("completions"), request_id="b")
+    assert first.ok
+    assert second.error is not None
+    assert second.error.startswith("connection failed:")
+
+
+def test_nothing_listening() -> None:
+    target = Target(f"http://127.0.0.1:{free_port()}", "m", Capabilities("completions", True, True))
+    r = send(target)
+    assert r.error is not None
+    assert r.error.startswith("connection failed:")
+    assert r.sent_ns == r.end_ns
+
+
+def test_headers_are_sent_but_never_kept(det: DetServer) -> None:
+    target = det.target("completions", headers={"Authorization": "Bearer sekrit"})
+    prepared = client.prepare(target, PROMPT, request_id="h", scenario="t", input_tokens=6, max_tokens=2)
+    assert b"Authorization: Bearer sekrit\r\n" in prepared.payload
+    assert b"x-request-id: h\r\n" in prepared.payload
+    assert b"Connection: close\r\n" in prepared.payload
+    assert "sekrit" not in repr(target)
+    assert "sekrit" not in repr(prepared)
+    r = send(target, request_id="h", max_tokens=2)
+    assert r.ok
+    assert "sekrit" not in repr(r)
+
+
+def test_request_bodies_ask_for_exact_lengths(det: DetServer) -> None:
+    body = client.request_body(det.target("completions", usage_per_chunk=True), "p", 64)
+    assert body["max_tokens"] == 64
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert body["temperature"] == 0
+    ollama = client.request_body(det.target("ollama-chat"), "p", 64)
+    assert ollama["options"] == {"num_predict": 64, "temperature": 0}
+    assert ollama["messages"] == [{"role": "user", "content": "p"}]
+
+
+def test_open_file_limit_is_raised_when_needed() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(soft + 16, hard) if hard != resource.RLIM_INFINITY else soft + 16
+    assert client.raise_open_file_limit(want) >= want
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= want
