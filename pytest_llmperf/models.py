@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pytest_llmperf.errors import ConfigError
 
@@ -170,7 +171,10 @@ def registry_with_overrides(
             raise ConfigError(f"{where}: a model name must be non-empty and have no spaces")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: expected a table of keys, got {type(table).__name__}")
-        changes = {key: _checked_value(where, key, value) for key, value in table.items()}
+        # Any: _checked_value has checked each value against its key's type.
+        changes: dict[str, Any] = {
+            str(key): _checked_value(where, key, value) for key, value in table.items()
+        }
         if name in merged:
             merged[name] = dataclasses.replace(merged[name], **changes)
             continue
@@ -200,27 +204,3 @@ def _checked_value(where: str, key: object, value: object) -> object:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
     return value
-
-
-def registry_with_overrides(tables: object) -> dict[str, ModelSpec]:
-    """The built-in registry plus ``[tool.llmperf.models.<name>]`` tables."""
-    from pytest_llmperf.errors import ConfigError
-
-    registry = dict(REGISTRY)
-    if not isinstance(tables, dict):
-        raise ConfigError("[tool.llmperf.models] must be a table of tables")
-    for name, table in tables.items():
-        try:
-            registry[name] = ModelSpec(name=name, **table)
-        except TypeError as exc:
-            raise ConfigError(f"[tool.llmperf.models.{name}]: {exc}") from None
-    return registry
-
-
-def lookup(name: str, registry: dict[str, ModelSpec]) -> ModelSpec:
-    """A registry entry; an unknown name is an error listing the known ones."""
-    from pytest_llmperf.errors import ConfigError
-
-    if name in registry:
-        return registry[name]
-    raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(registry))}")

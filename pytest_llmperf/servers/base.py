@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import psutil
+
 from pytest_llmperf.errors import ServerDiedError, ServerStartError
 from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.records import Api
@@ -68,7 +70,7 @@ class LaunchRequest:
     log_dir: Path
     start_timeout_s: float = 600.0
     base_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     executable: str | None = None
     extra_args: tuple[str, ...] = ()
     options: Mapping[str, str] = field(default_factory=dict)
@@ -101,6 +103,11 @@ class Server(Protocol):
     def capabilities(self) -> Capabilities: ...
 
     @property
+    def headers(self) -> Mapping[str, str]:
+        """Headers every request carries (``Authorization``); never log them."""
+        ...
+
+    @property
     def pid(self) -> int | None:
         """The server's process id, or ``None`` when we did not start it."""
         ...
@@ -120,6 +127,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something listens on ``host:port``, so a server cannot bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # Only a listener counts: connections lingering in TIME_WAIT do not stop a server.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
 
 
 def _die_with_parent() -> None:
@@ -186,6 +205,27 @@ class ManagedProcess:
         except OSError:
             return ""
         return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+    def listens_on(self, port: int) -> bool:
+        """True when this process, or one it started, listens on ``port``.
+
+        Between ``free_port()`` and the server's bind another process may take
+        the port (a second session's server); its health answer must not pass
+        for ours.
+        """
+        try:
+            root = psutil.Process(self.proc.pid)
+            family = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return False
+        for proc in family:
+            try:
+                conns = proc.net_connections(kind="tcp")
+            except psutil.Error:
+                continue
+            if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+                return True
+        return False
 
     def check_alive(self, what: str) -> None:
         code = self.proc.poll()
