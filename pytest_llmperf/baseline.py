@@ -1,0 +1,313 @@
+"""Baselines: find, load and check a saved pytest-benchmark run.
+
+A baseline is pytest-benchmark's own JSON (``.benchmarks/<machine-id>/NNNN_*.json``
+from ``--benchmark-autosave``) whose ``llm_perf`` entries carry
+``extra_info["llm"]`` at ``SCHEMA`` and whose ``machine_info["llmperf"]``
+describes the hardware and engines (``LlmMachineInfo``). This module resolves
+a ``--benchmark-compare`` value to a file exactly as pytest-benchmark's file
+storage does, validates the document, indexes entries by ``fullname``, and
+derives the per-request samples that a baseline stores and a comparison needs.
+
+It raises ``BaselineError`` with what to do for every unusable file. It must
+not compare runs or decide outcomes (that is ``verdict``), and it must not
+write anything: pytest-benchmark owns saving.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypedDict
+
+from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.records import RunResult
+
+SCHEMA = 1
+"""Version of ``extra_info["llm"]`` and ``machine_info["llmperf"]`` this module reads and expects."""
+
+SAMPLE_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms", "output_tok_per_s")
+DIST_METRICS: tuple[str, ...] = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+DIST_STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean", "min", "max", "stddev")
+REQUIRED_LLM_KEYS: tuple[str, ...] = (
+    "model",
+    "backend",
+    "input_tokens",
+    "output_tokens",
+    "concurrency",
+    "requests",
+    *DIST_METRICS,
+    "output_tok_per_s",
+    "total_tok_per_s",
+    "request_per_s",
+    "error_rate",
+    "samples",
+    "schema",
+)
+
+
+class ServerInfo(TypedDict, total=False):
+    """``machine_info["llmperf"]["servers"][<model>]``: what served one model."""
+
+    backend: str
+    engine: str
+    engine_version: str | None
+    model_id: str | None
+    model_revision: str | None
+
+
+class LlmMachineInfo(TypedDict, total=False):
+    """``machine_info["llmperf"]``: the fields a hardware-aware comparison reads.
+
+    ``gpu_name`` is ``None`` and ``gpu_count`` 0 on a machine without a GPU;
+    ``servers`` and ``engines`` (a model's engine and version as one string)
+    are keyed by model name. Other keys may be present and are not compared.
+    """
+
+    schema: int
+    gpu_name: str | None
+    gpu_count: int
+    gpu_driver: str | None
+    servers: dict[str, ServerInfo]
+    engines: dict[str, str]
+
+
+class LlmSamples(TypedDict):
+    """``extra_info["llm"]["samples"]``: one value per measured, successful request."""
+
+    ttft_ms: list[float]
+    tpot_ms: list[float]
+    e2e_ms: list[float]
+    itl_ms: list[float]
+    output_tok_per_s: list[float]
+
+
+def request_samples(result: RunResult) -> LlmSamples:
+    """Per-request figures of a run, as stored in a baseline and compared by ``verdict``.
+
+    ``itl_ms`` is each request's mean inter-token gap (one value per request,
+    so both runs' samples are independent draws of the same thing) and
+    ``output_tok_per_s`` each request's output tokens over its E2E. Warm-up and
+    failed requests are left out; a request adds to a list only where the
+    figure is defined (no TPOT for a one-token answer).
+    """
+    samples = LlmSamples(ttft_ms=[], tpot_ms=[], e2e_ms=[], itl_ms=[], output_tok_per_s=[])
+    for record in result.measured:
+        ttft, e2e, tpot = record.ttft_ns, record.e2e_ns, record.tpot_ns
+        if ttft is None or e2e is None:
+            continue
+        samples["ttft_ms"].append(ttft / 1e6)
+        samples["e2e_ms"].append(e2e / 1e6)
+        if tpot is not None:
+            samples["tpot_ms"].append(tpot / 1e6)
+        gaps = record.itl_ns
+        if gaps:
+            samples["itl_ms"].append(sum(gaps) / len(gaps) / 1e6)
+        if record.output_tokens and e2e > 0:
+            samples["output_tok_per_s"].append(record.output_tokens / (e2e / 1e9))
+    return samples
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A validated baseline run: its llm entries by ``fullname`` and its machine_info."""
+
+    source: str
+    machine_info: Mapping[str, Any]
+    entries: Mapping[str, Mapping[str, Any]]
+
+    def llm(self, fullname: str) -> Mapping[str, Any] | None:
+        """``extra_info["llm"]`` of the entry for this test, or ``None`` if the baseline lacks it."""
+        entry = self.entries.get(fullname)
+        return None if entry is None else entry["extra_info"]["llm"]
+
+    @property
+    def llmperf_info(self) -> LlmMachineInfo | None:
+        info = self.machine_info.get("llmperf")
+        return info if isinstance(info, dict) else None  # type: ignore[return-value]
+
+
+def _fail(source: str, problem: str, todo: str) -> BaselineError:
+    return BaselineError(f"baseline {source}: {problem}; {todo}")
+
+
+_RECREATE = "re-create it with --benchmark-autosave, or point --benchmark-compare at another run"
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_llm(source: str, fullname: str, llm: object) -> None:
+    where = f"entry {fullname!r}"
+    if not isinstance(llm, dict):
+        raise _fail(source, f"{where} has extra_info.llm that is not an object", _RECREATE)
+    if "schema" not in llm:
+        raise _fail(
+            source,
+            f"{where} has no extra_info.llm.schema (written before pytest-llmperf schema {SCHEMA})",
+            _RECREATE,
+        )
+    if llm["schema"] != SCHEMA:
+        newer = _is_number(llm["schema"]) and llm["schema"] > SCHEMA
+        todo = "upgrade pytest-llmperf, or " + _RECREATE if newer else _RECREATE
+        raise _fail(
+            source, f"{where} has extra_info.llm.schema {llm['schema']!r}, this version reads {SCHEMA}", todo
+        )
+    missing = [key for key in REQUIRED_LLM_KEYS if key not in llm]
+    if missing:
+        raise _fail(source, f"{where} lacks extra_info.llm keys {', '.join(missing)}", _RECREATE)
+    for metric in DIST_METRICS:
+        dist = llm[metric]
+        if dist is None:
+            continue
+        if not isinstance(dist, dict) or not all(_is_number(dist.get(stat)) for stat in DIST_STATS):
+            raise _fail(source, f"{where} has {metric} without numeric {'/'.join(DIST_STATS)}", _RECREATE)
+    samples = llm["samples"]
+    if not isinstance(samples, dict):
+        raise _fail(source, f"{where} has extra_info.llm.samples that is not an object", _RECREATE)
+    for metric in SAMPLE_METRICS:
+        values = samples.get(metric)
+        if not isinstance(values, list) or not all(_is_number(v) for v in values):
+            raise _fail(source, f"{where} has samples.{metric} that is not a list of numbers", _RECREATE)
+
+
+def parse_baseline(document: object, source: str = "<dict>") -> Baseline:
+    """Validate a loaded pytest-benchmark document and index its llm entries by ``fullname``.
+
+    Entries without ``extra_info.llm`` (plain pytest-benchmark tests in the same
+    run) are skipped; a document with no llm entry at all is refused, since a
+    comparison against it could only ever find nothing.
+    """
+    if not isinstance(document, dict):
+        raise _fail(source, "is not a JSON object", _RECREATE)
+    machine_info = document.get("machine_info")
+    benchmarks = document.get("benchmarks")
+    if not isinstance(machine_info, dict) or not isinstance(benchmarks, list):
+        raise _fail(
+            source,
+            "is not a pytest-benchmark file (needs 'machine_info' and 'benchmarks')",
+            "pass the JSON that --benchmark-autosave or --benchmark-json wrote",
+        )
+    entries: dict[str, Mapping[str, Any]] = {}
+    for index, bench in enumerate(benchmarks):
+        if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str):
+            raise _fail(source, f"benchmarks[{index}] has no 'fullname'", _RECREATE)
+        extra = bench.get("extra_info")
+        if not isinstance(extra, dict) or "llm" not in extra:
+            continue
+        _check_llm(source, bench["fullname"], extra["llm"])
+        # Same rule as pytest-benchmark's compare mapping: a repeated fullname keeps the last entry.
+        entries[bench["fullname"]] = bench
+    if not entries:
+        raise _fail(
+            source,
+            "holds no pytest-llmperf entries (no benchmark has extra_info.llm)",
+            "point --benchmark-compare at a run of llm_perf tests",
+        )
+    return Baseline(source, MappingProxyType(machine_info), MappingProxyType(entries))
+
+
+def load_baseline(source: str | Path | Mapping[str, Any]) -> Baseline:
+    """Load a baseline from a path, or validate one pytest-benchmark already loaded."""
+    if isinstance(source, Mapping):
+        return parse_baseline(dict(source))
+    path = Path(source)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _fail(name, "does not exist", "run once with --benchmark-autosave to create one") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _fail(name, f"cannot be read ({exc})", _RECREATE) from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            name,
+            f"is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+            "delete it and " + _RECREATE,
+        ) from None
+    return parse_baseline(document, name)
+
+
+def machine_id() -> str:
+    """pytest-benchmark's ``get_machine_id()``: the storage sub-folder of this machine."""
+    return "{}-{}-{}-{}".format(
+        platform.system(),
+        platform.python_implementation(),
+        ".".join(platform.python_version_tuple()[:2]),
+        platform.architecture()[0],
+    )
+
+
+def _storage_path(storage: str) -> Path:
+    if "://" not in storage:
+        return Path(storage)
+    if storage.startswith("file://"):
+        return Path(storage[len("file://") :])
+    raise BaselineError(
+        f"--benchmark-storage {storage!r} is not a file storage; pytest-llmperf reads baselines from "
+        "file://PATH storage only"
+    )
+
+
+def _query(root: Path, value: str, machine: str | None) -> list[Path]:
+    """pytest-benchmark 5.x ``FileStorage.query`` for one glob-or-file, without its mkdir."""
+    candidate = Path(value)
+    if candidate.is_file():
+        return [candidate]
+    parts = candidate.parts
+    if len(parts) > 2:
+        raise BaselineError(
+            f"--benchmark-compare {value!r} is neither an existing file nor "
+            "'MACHINE-GLOB/NAME-GLOB' or 'NAME-GLOB'"
+        )
+    if len(parts) == 2:
+        platform_glob, filename_glob = parts
+    else:
+        platform_glob = machine or "*"
+        filename_glob = parts[0] if parts else ""
+    filename_glob = filename_glob.rstrip("*") + "*.json"
+    files = [f for folder in root.glob(platform_glob) for f in folder.glob(filename_glob)]
+    files.extend(root.glob(filename_glob))
+    return sorted(files, key=lambda f: (f.name, f.parent))
+
+
+def resolve_compare(
+    compare: str | Literal[True], storage: str = "file://./.benchmarks", machine: str | None = None
+) -> Path:
+    """The file ``--benchmark-compare[=NUM|ID]`` selects in ``--benchmark-storage``.
+
+    ``True`` (the bare option) is the latest ``NNNN_*.json`` of this machine;
+    a string is an existing file, a file-name prefix such as ``0003``, or
+    ``MACHINE-GLOB/NAME-GLOB``. ``machine`` defaults to pytest-benchmark's
+    machine id. Resolve before this session saves, as pytest-benchmark does.
+    pytest-benchmark compares with every match of an ambiguous prefix; a gate
+    needs one run, so several matches are an error here.
+    """
+    root = _storage_path(storage)
+    machine = machine_id() if machine is None else machine
+    if compare is True:
+        files = _query(root, "[0-9][0-9][0-9][0-9]_", machine)[-1:]
+        if not files:
+            raise BaselineError(
+                f"--benchmark-compare found no saved run in {root / machine}; run once with "
+                "--benchmark-autosave (in CI, restore the previous run's .benchmarks folder first)"
+            )
+        return files[0]
+    files = _query(root, compare, machine)
+    if not files:
+        raise BaselineError(
+            f"--benchmark-compare={compare} matches no file in {root / machine}; give a run number "
+            "such as 0001, a file name, or a path (see the NNNN_*.json files there)"
+        )
+    if len(files) > 1:
+        names = ", ".join(str(f) for f in files)
+        raise BaselineError(
+            f"--benchmark-compare={compare} matches {len(files)} runs ({names}); give one run number"
+        )
+    return files[0]

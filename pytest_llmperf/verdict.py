@@ -1,0 +1,397 @@
+"""Verdicts: a run's summary, budgets and baseline in, one ``Outcome`` out.
+
+Precedence: an invalid measurement (from the run, or a baseline refused for
+other hardware) beats a missed budget, which beats a regression, which beats
+a pass. Every failing reason is one line naming the metric, the observed value
+and the limit or the baseline.
+
+Regression is noise-aware. For each metric with per-request samples in both
+runs (TTFT, TPOT, mean ITL, E2E, per-request output tok/s) the change is the
+Hodges-Lehmann estimate of the ratio current/baseline (median of all pairwise
+ratios) with its distribution-free confidence interval from the Mann-Whitney
+statistic (Moses' interval, normal approximation). It is a regression only
+when the estimate is worse than the tolerance *and* the interval excludes no
+change: jitter moves the estimate but leaves zero inside the interval, a real
+shift moves both. The method is deterministic (no random seed), rank-based (a
+stalled request does not swing it) and gives the change in the unit the
+tolerance is written in (percent). Tails are for budgets (``*_p99``): a rank
+comparison of 16 requests cannot say anything about their p99.
+
+This module must not read files or know about pytest; it only computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist, median
+from typing import Any, Literal, cast
+
+from pytest_llmperf.baseline import SAMPLE_METRICS, LlmSamples, request_samples
+from pytest_llmperf.budgets import Budgets
+from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.records import RunResult
+
+OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid"]
+HardwareMode = Literal["warn", "fail", "ignore"]
+
+HIGHER_IS_BETTER = frozenset({"output_tok_per_s"})
+THIN_TO = 400
+"""Larger samples are thinned to evenly spaced order statistics: keeps O(n*m) small, only widens the CI."""
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse than the baseline a metric may get before it is a regression.
+
+    Relative fractions of the baseline (0.05 = 5%), except ``error_rate``,
+    which is an absolute difference of fractions. Defaults: 5% for the decode
+    figures (TPOT, ITL, E2E, per-request tok/s) because that is the precision
+    adaptive stopping aims for (95% CI within 5%), so a 10% slowdown is twice
+    the tolerance; 10% for TTFT, which also carries slot queueing and prefill
+    batching that shift between identical runs (on this project's CPU machine,
+    c=4 TTFT ranged 1.3-1.7 s on an idle box); one error in a hundred requests.
+    """
+
+    ttft_ms: float = 0.10
+    tpot_ms: float = 0.05
+    itl_ms: float = 0.05
+    e2e_ms: float = 0.05
+    output_tok_per_s: float = 0.05
+    error_rate: float = 0.01
+
+    def of(self, metric: str) -> float:
+        value: float = getattr(self, metric)
+        return value
+
+
+DEFAULT_TOLERANCES = Tolerances()
+_TOLERANCE_KEYS = tuple(f.name for f in dataclasses.fields(Tolerances))
+
+
+def _tolerance_key(key: str) -> str:
+    # The comparison is of medians, so ``tpot_ms_p50`` names the same tolerance as ``tpot_ms``.
+    name = key.strip().removesuffix("_p50")
+    if name not in _TOLERANCE_KEYS:
+        valid = ", ".join(k if k == "error_rate" else f"{k}[_p50]" for k in _TOLERANCE_KEYS)
+        raise ConfigError(f"unknown tolerance key {key!r}; valid keys are {valid}; type e.g. tpot_ms=5")
+    return name
+
+
+def _tolerance_value(key: str, value: object) -> float:
+    text = str(value).strip().removesuffix("%")
+    try:
+        percent = float(text)
+    except ValueError:
+        percent = math.nan
+    if isinstance(value, bool) or not math.isfinite(percent) or percent < 0:
+        raise ConfigError(f"tolerance {key} is a percentage >= 0, got {value!r}; type e.g. {key}=5")
+    return percent / 100
+
+
+def parse_tolerances(
+    items: Mapping[str, object] | Sequence[str], base: Tolerances = DEFAULT_TOLERANCES
+) -> Tolerances:
+    """Override tolerances, given in percent, from a table or ``KEY=PERCENT`` strings.
+
+    ``{"tpot_ms": 3}``, ``["tpot_ms_p50=3%"]`` and ``{"error_rate": "2"}`` (two
+    percentage points) are all accepted; unnamed metrics keep ``base``.
+    """
+    pairs: list[tuple[str, object]] = []
+    if isinstance(items, Mapping):
+        pairs = list(items.items())
+    else:
+        for item in items:
+            key, sep, raw = item.partition("=")
+            if not sep:
+                raise ConfigError(f"tolerance {item!r} needs METRIC=PERCENT; type e.g. tpot_ms=5")
+            pairs.append((key, raw))
+    changes = {_tolerance_key(key): _tolerance_value(key.strip(), value) for key, value in pairs}
+    return dataclasses.replace(base, **changes)
+
+
+def tolerance_option(value: str) -> str:
+    """``type=`` for ``--llm-tolerance METRIC=PERCENT``: checks it, returns it unchanged."""
+    try:
+        parse_tolerances([value])
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+@dataclass(frozen=True)
+class Shift:
+    """Hodges-Lehmann ratio current/baseline and its confidence interval (may be 0..inf)."""
+
+    ratio: float
+    low: float
+    high: float
+    n_baseline: int
+    n_current: int
+
+
+def _thin(values: list[float]) -> list[float]:
+    if len(values) <= THIN_TO:
+        return values
+    step = len(values) / THIN_TO
+    return [values[int((i + 0.5) * step)] for i in range(THIN_TO)]
+
+
+def shift_ci(baseline: Sequence[float], current: Sequence[float], confidence: float = 0.95) -> Shift | None:
+    """Ratio of ``current`` to ``baseline`` with a rank-based confidence interval.
+
+    Works on logarithms, so the shift is multiplicative (a 10% slower server
+    multiplies every latency by 1.1). The interval is ``[D(k), D(N+1-k)]`` of
+    the N sorted pairwise differences with ``k = floor(N/2 - z*sqrt(N(n+m+1)/12))``;
+    when k < 1 the samples are too small to bound it and it is ``(0, inf)``.
+    ``None`` when either side has no positive value.
+    """
+    logs_b = _thin(sorted(math.log(v) for v in baseline if v > 0))
+    logs_c = _thin(sorted(math.log(v) for v in current if v > 0))
+    n, m = len(logs_c), len(logs_b)
+    if n == 0 or m == 0:
+        return None
+    diffs = sorted(c - b for c in logs_c for b in logs_b)
+    total = n * m
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    k = math.floor(total / 2 - z * math.sqrt(total * (n + m + 1) / 12))
+    low, high = (math.exp(diffs[k - 1]), math.exp(diffs[total - k])) if k >= 1 else (0.0, math.inf)
+    return Shift(math.exp(median(diffs)), low, high, m, n)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric against its baseline; ``change`` is relative (absolute for error_rate)."""
+
+    metric: str
+    baseline: float
+    current: float
+    change: float
+    low: float
+    high: float
+    tolerance: float
+    n_baseline: int
+    n_current: int
+    regressed: bool
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in HIGHER_IS_BETTER
+
+    def reason(self, confidence: float = 0.95) -> str:
+        if self.metric == "error_rate":
+            return (
+                f"error_rate {self.current:.3g} vs baseline {self.baseline:.3g} "
+                f"(+{self.change:.3g}; tolerance +{self.tolerance:.3g})"
+            )
+        unit = "tok/s" if self.metric == "output_tok_per_s" else "ms"
+        name = "output_tok_per_s (per request)" if self.metric == "output_tok_per_s" else self.metric
+        sign = "-" if self.higher_is_better else "+"
+        high = "inf" if math.isinf(self.high) else f"{self.high:+.1%}"
+        return (
+            f"{name} {self.change:+.1%} vs baseline ({confidence:.0%} CI {self.low:+.1%}..{high}, "
+            f"tolerance {sign}{self.tolerance:.0%}; median {self.baseline:.4g} -> {self.current:.4g} {unit}, "
+            f"n={self.n_baseline}/{self.n_current})"
+        )
+
+
+def compare_samples(
+    metric: str,
+    baseline: Sequence[float],
+    current: Sequence[float],
+    tolerance: float,
+    confidence: float = 0.95,
+) -> Comparison | None:
+    """Compare one metric's per-request samples; ``None`` when either side has none."""
+    shift = shift_ci(baseline, current, confidence)
+    if shift is None:
+        return None
+    change, low, high = shift.ratio - 1, shift.low - 1, shift.high - 1
+    if metric in HIGHER_IS_BETTER:
+        regressed = change < -tolerance and high < 0
+    else:
+        regressed = change > tolerance and low > 0
+    return Comparison(
+        metric, median(baseline), median(current), change, low, high, tolerance,
+        shift.n_baseline, shift.n_current, regressed,
+    )  # fmt: skip
+
+
+def compare_to_baseline(
+    baseline_llm: Mapping[str, Any],
+    current: LlmSamples,
+    current_error_rate: float,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+    confidence: float = 0.95,
+) -> tuple[Comparison, ...]:
+    """Every comparable metric of a run against a baseline's ``extra_info["llm"]``."""
+    samples: Mapping[str, Sequence[float]] = baseline_llm["samples"]
+    now = cast(Mapping[str, Sequence[float]], current)
+    found: list[Comparison] = []
+    for metric in SAMPLE_METRICS:
+        cmp = compare_samples(metric, samples.get(metric, ()), now[metric], tolerances.of(metric), confidence)
+        if cmp is not None:
+            found.append(cmp)
+    base_err = float(baseline_llm["error_rate"])
+    diff = current_error_rate - base_err
+    tol = tolerances.error_rate
+    found.append(
+        Comparison("error_rate", base_err, current_error_rate, diff, diff, diff, tol, 0, 0, diff > tol)
+    )
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class HardwareCheck:
+    """Differences between the baseline's setup and this run's, and what to do about them."""
+
+    differences: tuple[str, ...]
+    mode: HardwareMode
+
+    @property
+    def fatal(self) -> bool:
+        return self.mode == "fail" and bool(self.differences)
+
+    @property
+    def message(self) -> str | None:
+        if not self.differences or self.mode == "ignore":
+            return None
+        return "baseline ran on a different setup: " + "; ".join(self.differences)
+
+
+_MACHINE_FIELDS = ("gpu_name", "gpu_count", "gpu_driver")
+_SERVER_FIELDS = ("backend", "engine", "engine_version", "model_id", "model_revision")
+
+
+def _field_diffs(
+    old: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str], prefix: str
+) -> list[str]:
+    # A key absent on either side is unknown, not different: older runs and
+    # partial telemetry must not look like a hardware change.
+    return [
+        f"{prefix}{key} {old[key]!r} -> {new[key]!r}"
+        for key in keys
+        if key in old and key in new and old[key] != new[key]
+    ]
+
+
+def check_hardware(
+    baseline_machine_info: Mapping[str, Any],
+    current_machine_info: Mapping[str, Any],
+    model: str,
+    mode: HardwareMode = "warn",
+) -> HardwareCheck:
+    """Compare ``machine_info["llmperf"]`` of both runs for one model.
+
+    Reads ``gpu_name``, ``gpu_count``, ``gpu_driver`` (on runs without a GPU,
+    ``host.cpu_model`` and ``host.cpu_count_logical``, or pytest-benchmark's
+    ``cpu.brand_raw`` and ``cpu.count`` where ``host`` is absent), then the
+    model's entry in ``servers`` (backend, engine, engine_version, model_id,
+    model_revision) and its string in ``engines``. Pass both whole
+    machine_info dicts. A field is compared only where both runs recorded it;
+    a whole ``llmperf`` section missing on one side is reported.
+    """
+    old = baseline_machine_info.get("llmperf")
+    new = current_machine_info.get("llmperf")
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        if isinstance(old, Mapping) is isinstance(new, Mapping):
+            return HardwareCheck((), mode)
+        side = "baseline" if not isinstance(old, Mapping) else "this run"
+        return HardwareCheck((f"{side} has no machine_info.llmperf, so its hardware is unknown",), mode)
+    diffs = _field_diffs(old, new, _MACHINE_FIELDS, "")
+    if not old.get("gpu_count") and not new.get("gpu_count"):
+        # Without a GPU the CPU does the work, and hosted CI runners change CPU
+        # model between runs: compare our host record, else pytest-benchmark's.
+        host_old, host_new = old.get("host") or {}, new.get("host") or {}
+        if "cpu_model" in host_old and "cpu_model" in host_new:
+            diffs += _field_diffs(host_old, host_new, ("cpu_model", "cpu_count_logical"), "host ")
+        else:
+            cpu_old = baseline_machine_info.get("cpu") or {}
+            cpu_new = current_machine_info.get("cpu") or {}
+            diffs += _field_diffs(cpu_old, cpu_new, ("brand_raw", "count"), "cpu ")
+    old_srv = (old.get("servers") or {}).get(model) or {}
+    new_srv = (new.get("servers") or {}).get(model) or {}
+    diffs += _field_diffs(old_srv, new_srv, _SERVER_FIELDS, f"{model} ")
+    diffs += _field_diffs(old.get("engines") or {}, new.get("engines") or {}, [model], "engine of ")
+    return HardwareCheck(tuple(diffs), mode)
+
+
+def scenario_mismatch(baseline_llm: Mapping[str, Any], result: RunResult) -> str | None:
+    """Why a baseline entry measured something else than this run, or ``None``."""
+    now = {
+        "model": result.model,
+        "backend": result.backend,
+        "input_tokens": result.scenario.input_tokens,
+        "output_tokens": result.scenario.output_tokens,
+        "concurrency": result.scenario.concurrency,
+    }
+    diffs = [f"{k} {baseline_llm.get(k)!r} -> {v!r}" for k, v in now.items() if baseline_llm.get(k) != v]
+    return "baseline measured another case, not compared: " + "; ".join(diffs) if diffs else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one test: its kind, the reasons of that kind, and what else was seen.
+
+    ``notes`` are lines worth showing that do not decide the kind (a hardware
+    warning, a baseline of another case); ``comparisons`` are every metric
+    compared with the baseline, regressed or not, for reports.
+    """
+
+    kind: OutcomeKind
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.kind == "pass"
+
+    @property
+    def reason(self) -> str:
+        """The first reason, for one-line reports; empty on a pass."""
+        return self.reasons[0] if self.reasons else ""
+
+
+def judge(
+    result: RunResult,
+    budgets: Budgets | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    *,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
+    hardware: HardwareCheck | None = None,
+    confidence: float = 0.95,
+) -> Outcome:
+    """Decide one test: invalid > fail-budget > fail-regression > pass.
+
+    ``baseline`` is the baseline entry's ``extra_info["llm"]`` for this test
+    (``Baseline.llm(fullname)``), or ``None`` when there is none to compare.
+    """
+    notes: list[str] = []
+    invalid = list(result.invalid)
+    if hardware is not None and hardware.message is not None:
+        if hardware.fatal:
+            invalid.append(hardware.message)
+        else:
+            notes.append(hardware.message)
+    budget_reasons = budgets.violations(result.summary) if budgets is not None else ()
+    comparisons: tuple[Comparison, ...] = ()
+    if baseline is not None and not (hardware is not None and hardware.fatal):
+        mismatch = scenario_mismatch(baseline, result)
+        if mismatch is not None:
+            notes.append(mismatch)
+        else:
+            comparisons = compare_to_baseline(
+                baseline, request_samples(result), result.summary.error_rate, tolerances, confidence
+            )
+    regressions = tuple(c.reason(confidence) for c in comparisons if c.regressed)
+    if invalid:
+        return Outcome("invalid", tuple(invalid), tuple(notes), comparisons)
+    if budget_reasons:
+        return Outcome("fail-budget", budget_reasons, tuple(notes), comparisons)
+    if regressions:
+        return Outcome("fail-regression", regressions, tuple(notes), comparisons)
+    return Outcome("pass", (), tuple(notes), comparisons)
