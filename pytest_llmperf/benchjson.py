@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from pytest_llmperf.baseline import request_samples
 from pytest_llmperf.records import Distribution, RunResult
 
 if TYPE_CHECKING:
@@ -60,24 +61,6 @@ def _dist(d: Distribution | None) -> DistJson | None:
     return d.as_dict() if d is not None else None
 
 
-def samples(result: RunResult) -> dict[str, list[float]]:
-    """Per-request values of the successful measured requests, for noise-aware gates."""
-    out: dict[str, list[float]] = {"ttft_ms": [], "tpot_ms": [], "e2e_ms": [], "itl_ms": [], "output_tok_per_s": []}
-    for r in result.measured:
-        ttft, e2e, tpot, itl = r.ttft_ns, r.e2e_ns, r.tpot_ns, r.itl_ns
-        if ttft is None or e2e is None:
-            continue
-        out["ttft_ms"].append(ttft / 1e6)
-        out["e2e_ms"].append(e2e / 1e6)
-        if tpot is not None:
-            out["tpot_ms"].append(tpot / 1e6)
-        if itl:
-            out["itl_ms"].append(sum(itl) / len(itl) / 1e6)
-        if r.output_tokens and e2e > 0:
-            out["output_tok_per_s"].append(r.output_tokens / (e2e / 1e9))
-    return out
-
-
 def llm_info(result: RunResult, outcome: Outcome | None, engine: str = "") -> LlmInfo:
     s, sc = result.summary, result.scenario
     return LlmInfo(
@@ -109,7 +92,7 @@ def llm_info(result: RunResult, outcome: Outcome | None, engine: str = "") -> Ll
         reasons=list(outcome.reasons) if outcome is not None else [],
         invalid=list(result.invalid),
         loop_lag_ms=_dist(result.loop_lag_ms),
-        samples=samples(result),
+        samples=dict(request_samples(result)),
         telemetry=result.extra.get("telemetry", {}),
     )
 

@@ -25,7 +25,7 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 BACKENDS = ("llamacpp", "vllm", "ollama", "openai")
-MISMATCH_MODES = ("warn", "fail", "off")
+MISMATCH_MODES = ("warn", "fail", "ignore")
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--llm-model", "llm_models", "model to test; repeat for several (default: gemma3-270m, "
            "the embedded default on llama.cpp)", "NAME", None, "append", "linelist"),
-    Option("--llm-backend", "llm_backend", "engine that serves the models: llamacpp, vllm, ollama or "
-           "openai (an existing endpoint); default: the model's own default", "NAME", choices=BACKENDS),
+    Option("--llm-backend", "llm_backend", "engine that serves the models: llamacpp, vllm, ollama, "
+           "openai (an existing endpoint) or an installed third-party backend; default: the model's own",
+           "NAME"),
     Option("--llm-base-url", "llm_base_url", "attach to a running server at URL instead of starting one", "URL"),
     Option("--llm-api-key-env", "llm_api_key_env", "name of the environment variable holding the API key "
            "(the key itself is never written anywhere)", "VAR"),
@@ -74,7 +75,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--llm-tolerance", "llm_tolerances", "regression tolerance METRIC=PERCENT, e.g. tpot_ms=5%% "
            "(defaults: ttft_ms 10%%, tpot/itl/e2e/tok/s 5%%, error_rate 0.01); repeatable", "METRIC=PCT", None, "append", "linelist"),
     Option("--llm-hardware-mismatch", "llm_hardware_mismatch", "when the baseline ran on other hardware, "
-           "engine or model: warn, fail or off (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
+           "engine or model: warn, fail or ignore (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
     Option("--llm-report", "llm_report", "write a Markdown summary and PNG plots into DIR", "DIR"),
     Option("--llm-telemetry-interval", "llm_telemetry_interval", "telemetry sampling period in seconds, "
            "0 to turn it off (default: 0.1)", "SECONDS", "0.1"),
@@ -182,7 +183,11 @@ def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
 
     backend = get("llm_backend")
     if backend is not None and backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        from pytest_llmperf.servers import backend_names
+
+        known = backend_names()  # built-ins, then third-party entry points
+        if backend not in known:
+            raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(known)}")
     mismatch = str(get("llm_hardware_mismatch"))
     if mismatch not in MISMATCH_MODES:
         raise ConfigError(f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch!r}")

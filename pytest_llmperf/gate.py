@@ -29,7 +29,10 @@ class Gate:
         self.per_model = budgets.parse_tables(settings.pyproject.get("budgets", {}))
         self.tolerances = verdict.parse_tolerances(list(settings.tolerances))
         self._baseline_path = self._find_baseline()
-        self._baseline: Baseline | None = None
+        # Loaded now, so a corrupt or foreign baseline is a usage error before any server starts.
+        self._baseline: Baseline | None = (
+            load_baseline(self._baseline_path) if self._baseline_path is not None else None
+        )
 
     def _find_baseline(self) -> Path | None:
         if self._settings.baseline is not None:
@@ -42,8 +45,6 @@ class Gate:
 
     @property
     def baseline(self) -> Baseline | None:
-        if self._baseline is None and self._baseline_path is not None:
-            self._baseline = load_baseline(self._baseline_path)
         return self._baseline
 
     def budgets_for(self, node: pytest.Item, model: str) -> budgets.Budgets:
@@ -55,14 +56,17 @@ class Gate:
         return budgets.merge_budgets(self.per_model.get(model), marker, self.cli)
 
     def judge(
-        self, node: pytest.Item, model: str, result: RunResult, machine_info: Mapping[str, Any]
+        self, node: pytest.Item, model: str, result: RunResult, machine_info: Mapping[str, Any], engine: str
     ) -> verdict.Outcome:
         baseline = self.baseline
         entry = baseline.llm(node.nodeid) if baseline is not None else None
         hardware = None
         if baseline is not None and entry is not None:
+            # The engine version is known per test (extra_info.llm.engine), not in machine_info.
             hardware = verdict.check_hardware(
-                baseline.machine_info, {"llmperf": machine_info}, model,
+                _with_engine(baseline.machine_info.get("llmperf"), model, entry.get("engine")),
+                _with_engine(machine_info, model, engine),
+                model,
                 mode=self._settings.hardware_mismatch,  # type: ignore[arg-type]
             )  # fmt: skip
         return verdict.judge(
@@ -72,3 +76,14 @@ class Gate:
             tolerances=self.tolerances,
             hardware=hardware,
         )
+
+
+def _with_engine(llmperf_info: object, model: str, engine: object) -> dict[str, Any]:
+    """``{"llmperf": info}`` with ``servers[model].engine_version`` filled in."""
+    if not isinstance(llmperf_info, Mapping):
+        return {}
+    info = dict(llmperf_info)
+    servers = dict(info.get("servers") or {})
+    servers[model] = {**(servers.get(model) or {}), "engine_version": engine or None}
+    info["servers"] = servers
+    return {"llmperf": info}

@@ -196,12 +196,19 @@ async def run_load(
     send: SendFn,
     scenario: Scenario,
     on_record: Callable[[RequestRecord], None] | None = None,
+    on_measured: Callable[[], None] | None = None,
 ) -> LoadResult:
-    """Run warm-up then the measured requests; indices ``0..warmup-1`` are warm-up."""
+    """Run warm-up then the measured requests; indices ``0..warmup-1`` are warm-up.
+
+    ``on_measured`` is called once, between the two, so telemetry can cover
+    exactly the measured window.
+    """
     run = _Run(send, scenario, on_record)
     if scenario.warmup > 0:
         await run.closed(0, scenario.warmup, max(1, min(scenario.concurrency, scenario.warmup)), True)
         await run.drain()
+    if on_measured is not None:
+        on_measured()
     parser = asyncio.create_task(run.parser())
     sampler = LagSampler()
     sampler.start()

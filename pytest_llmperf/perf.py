@@ -10,7 +10,6 @@ the result; whatever was measured is recorded before anything can fail.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -106,8 +105,8 @@ class LlmPerf:
         settings = self._session.settings
         self._session.check_server(self.model, self.server)
         result, died = self._measure(scenario)
-        outcome = self._judge(result)
         engine = getattr(self.server, "engine_version", "") or ""
+        outcome = self._judge(result, engine)
         self._session.record(TestResult(self._node.nodeid, result, outcome, engine))
         self.results.append(result)
         if self._benchmark is not None:
@@ -178,27 +177,32 @@ class LlmPerf:
             )
         log = RequestLog.open(settings.save_requests, self._node.nodeid, self.model, self.backend)
         try:
-            with sampler if sampler is not None else contextlib.nullcontext():
-                result = runner.measure(
-                    target, scenario, model=self.model, backend=self.backend, on_record=log.write
-                )
+            # Telemetry covers the measured window only: it starts when warm-up is over.
+            result = runner.measure(
+                target, scenario, model=self.model, backend=self.backend, on_record=log.write,
+                on_measured=sampler.start if sampler is not None else None,
+            )  # fmt: skip
         finally:
             log.close()
+            if sampler is not None and sampler.started:
+                sampler.stop()
         died: ServerDiedError | None = None
         try:
             self._session.check_server(self.model, self.server)
         except ServerDiedError as exc:
             died = exc
-        if sampler is None:
+        if sampler is None or not sampler.started:
             return result, died
         for warning in sampler.warnings:
             self._session.warn_once(warning)
         self._series = [dict(point) for point in sampler.series()]
         return dataclasses.replace(result, extra={**result.extra, "telemetry": _telemetry(sampler, result)}), died
 
-    def _judge(self, result: RunResult) -> Outcome:
+    def _judge(self, result: RunResult, engine: str) -> Outcome:
         try:
-            return self._session.gate.judge(self._node, self.model, result, self._session.machine_info())
+            return self._session.gate.judge(
+                self._node, self.model, result, self._session.machine_info(), engine
+            )
         except LlmPerfError as exc:
             raise pytest.UsageError(str(exc)) from None
 

@@ -109,8 +109,11 @@ def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Serve
 @pytest.fixture
 def llm_perf(request: pytest.FixtureRequest, llm_server: Server, llm_model: str) -> LlmPerf:
     """Runs measured scenarios against the model's server: ``llm_perf.run(input_tokens=..., ...)``."""
+    session = _session(request.config)
+    # A model whose server died errors here, at setup, before its benchmark entry is opened.
+    session.check_server(llm_model, llm_server)
     benchmark = request.getfixturevalue("benchmark")
-    return _session(request.config).perf_for(request.node, llm_model, llm_server, benchmark)
+    return session.perf_for(request.node, llm_model, llm_server, benchmark)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -125,6 +125,7 @@ def run_prepared(
     prepared: Sequence[client.Prepared],
     scenario: Scenario,
     on_record: Callable[[RequestRecord], None] | None = None,
+    on_measured: Callable[[], None] | None = None,
 ) -> loadgen.LoadResult:
     """Run the load for requests already built (warm-up ones first) on a fresh loop."""
 
@@ -136,7 +137,7 @@ def run_prepared(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(loadgen.run_load(send, scenario, on_record))
+        return _run(loadgen.run_load(send, scenario, on_record, on_measured))
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -149,10 +150,15 @@ def measure(
     model: str,
     backend: str,
     on_record: Callable[[RequestRecord], None] | None = None,
+    on_measured: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Measure ``scenario`` against ``target`` and return every record and the summary."""
+    """Measure ``scenario`` against ``target`` and return every record and the summary.
+
+    ``on_record`` gets each record as it ends (warm-up ones too); ``on_measured``
+    is called once when warm-up is over and the measured requests begin.
+    """
     prepared, checked = prepare_requests(target, scenario)
-    load = run_prepared(prepared, scenario, on_record)
+    load = run_prepared(prepared, scenario, on_record, on_measured)
     summary = summarize(load.records, scenario)
     lag = load.loop_lag_ms
     extra: dict[str, object] = {

@@ -33,6 +33,7 @@ from pytest_llmperf.servers.base import LaunchRequest, Server
 
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
+ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
 
 
 class LlmPerfSession:
@@ -48,7 +49,8 @@ class LlmPerfSession:
         self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
         self.max_context = DEFAULT_MAX_CONTEXT
         self.servers: dict[str, Server] = {}
-        self.server_info: dict[str, dict[str, Any]] = {}
+        # Fixed at configure time: pytest-benchmark compares machine_info at start and at save.
+        self.server_info = {name: self._server_info(name) for name in self.model_names}
         self.dead: dict[str, str] = {}
         self.results: list[TestResult] = []
         self._warnings: list[str] = []
@@ -62,6 +64,16 @@ class LlmPerfSession:
 
     def backend_for(self, model: str) -> str:
         return self.settings.backend or self.specs[model].default_backend
+
+    def _server_info(self, model: str) -> dict[str, Any]:
+        spec, backend = self.specs[model], self.backend_for(model)
+        ids = {"llamacpp": spec.gguf, "vllm": spec.vllm, "ollama": spec.ollama}
+        return {
+            "backend": backend,
+            "engine": ENGINES.get(backend, backend),
+            "model_id": ids.get(backend) or spec.name,
+            "model_revision": None,
+        }
 
     def models_for(self, definition: pytest.Function) -> list[str]:
         marker = definition.get_closest_marker("llm_models")
@@ -77,6 +89,11 @@ class LlmPerfSession:
             params = getattr(getattr(item, "callspec", None), "params", {})
             if "llm_model" not in params:
                 continue
+            try:
+                # A bad llm_budget marker is a usage error now, not after its server has run.
+                self.gate.budgets_for(item, str(params["llm_model"]))
+            except LlmPerfError as exc:
+                raise pytest.UsageError(str(exc)) from None
             concurrency = max(concurrency, int(params.get("concurrency", 0) or 0))
             tokens = int(params.get("input_tokens", 0) or 0) + int(params.get("output_tokens", 0) or 0)
             context = max(context, tokens)
@@ -135,13 +152,6 @@ class LlmPerfSession:
         server = backend.launch(request)
         with self._lock:
             self.servers[model] = server
-        self.server_info[model] = {
-            "backend": backend_name,
-            "engine": getattr(server, "engine", backend_name),
-            "engine_version": getattr(server, "engine_version", None),
-            "model_id": getattr(server, "model_id", None) or spec.name,
-            "model_revision": None,
-        }
         pid = f"pid {server.pid}" if server.pid is not None else "attached"
         self.progress(
             f"server started for {model} ({backend_name}, {pid}, {server.base_url}) "

