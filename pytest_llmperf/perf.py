@@ -19,6 +19,7 @@ import pytest
 from pytest_llmperf import benchjson
 from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
 from pytest_llmperf.records import RunResult, Scenario
+from pytest_llmperf.report import junit_properties
 from pytest_llmperf.requestlog import RequestLog
 from pytest_llmperf.servers.base import Server
 
@@ -108,6 +109,8 @@ class LlmPerf:
         engine = getattr(self.server, "engine_version", "") or ""
         outcome = self._judge(result, engine)
         self._session.record(TestResult(self._node.nodeid, result, outcome, engine))
+        # On the item, so the teardown report (which junitxml reads) carries them.
+        self._node.user_properties.extend(junit_properties(result, outcome))
         self.results.append(result)
         if self._benchmark is not None:
             benchjson.record(self._benchmark, result, outcome, engine=engine)

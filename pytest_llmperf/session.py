@@ -33,6 +33,7 @@ from pytest_llmperf.servers.base import LaunchRequest, Server
 
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
+REDACTED = "<redacted: --llm-api-key-env>"
 ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
 
 
@@ -213,15 +214,10 @@ class LlmPerfSession:
         pytest.fail("\n".join(reasons), pytrace=False)
 
     def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        results = self.results_for(item.nodeid)
-        if report.when != "call" or not results:
+        if report.when != "call" or not report.failed:
             return
-        from pytest_llmperf import report as reports
-
-        for result in results:
-            if result.outcome.kind == "invalid" and report.failed:
-                report.llmperf_invalid = True  # type: ignore[attr-defined]
-            report.user_properties.extend(reports.junit_properties(result.run, result.outcome))
+        if any(r.outcome.kind == "invalid" for r in self.results_for(item.nodeid)):
+            report.llmperf_invalid = True  # type: ignore[attr-defined]
 
     # -- end of session ---------------------------------------------------------------------
 
