@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pytest_llmperf.baseline import request_samples
+from pytest_llmperf.baseline import LlmSamples, request_samples
 from pytest_llmperf.records import Distribution, RunResult
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class LlmInfo(TypedDict, total=False):
     reasons: list[str]
     invalid: list[str]
     loop_lag_ms: DistJson | None
-    samples: dict[str, list[float]]
+    samples: LlmSamples
     telemetry: object
 
 
@@ -92,7 +92,7 @@ def llm_info(result: RunResult, outcome: Outcome | None, engine: str = "") -> Ll
         reasons=list(outcome.reasons) if outcome is not None else [],
         invalid=list(result.invalid),
         loop_lag_ms=_dist(result.loop_lag_ms),
-        samples=dict(request_samples(result)),
+        samples=request_samples(result),
         telemetry=result.extra.get("telemetry", {}),
     )
 

@@ -43,47 +43,154 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--llm-model", "llm_models", "model to test; repeat for several (default: gemma3-270m, "
-           "the embedded default on llama.cpp)", "NAME", None, "append", "linelist"),
-    Option("--llm-backend", "llm_backend", "engine that serves the models: llamacpp, vllm, ollama, "
-           "openai (an existing endpoint) or an installed third-party backend; default: the model's own",
-           "NAME"),
-    Option("--llm-base-url", "llm_base_url", "attach to a running server at URL instead of starting one", "URL"),
-    Option("--llm-api-key-env", "llm_api_key_env", "name of the environment variable holding the API key "
-           "(the key itself is never written anywhere)", "VAR"),
-    Option("--llm-save-requests", "llm_save_requests", "write one JSONL line per request (raw "
-           "perf_counter_ns stamps) into DIR", "DIR"),
-    Option("--llm-server-executable", "llm_server_executable", "llama-server binary, Python with vLLM, or "
-           "ollama binary to start (default: built/found automatically)", "PATH"),
-    Option("--llm-server-arg", "llm_server_args", "extra argument for the server command line; repeatable",
-           "ARG", None, "append", "args"),
-    Option("--llm-server-option", "llm_server_options", "backend knob KEY=VALUE, e.g. "
-           "tensor_parallel_size=2, dtype=bfloat16, threads=2; repeatable", "KEY=VALUE", None, "append",
-           "linelist"),
-    Option("--llm-start-timeout", "llm_start_timeout", "seconds a server may take to become healthy "
-           "(default: 600)", "SECONDS", "600"),
-    Option("--llm-request-timeout", "llm_request_timeout", "seconds one request may take before it counts "
-           "as an error (default: 300)", "SECONDS", "300"),
-    Option("--llm-max-concurrency", "llm_max_concurrency", "server slots to start with (default: the "
-           "highest 'concurrency' parameter among the collected tests)", "N"),
-    Option("--llm-fit", "llm_fit", "print which registry models fit this machine and common GPUs, then exit",
-           None, False, "store_true", None),
-    Option("--llm-budget", "llm_budgets", "budget KEY=VALUE or preset name for every test, e.g. "
-           "ttft_ms_p95=500 or mlperf-llama3.1-8b; repeatable; overrides markers and pyproject", "KEY=VALUE", None, "append", "linelist"),
-    Option("--llm-baseline", "llm_baseline", "pytest-benchmark JSON to gate regressions against (default: "
-           "the run --benchmark-compare selects)", "PATH"),
-    Option("--llm-tolerance", "llm_tolerances", "regression tolerance METRIC=PERCENT, e.g. tpot_ms=5%% "
-           "(defaults: ttft_ms 10%%, tpot/itl/e2e/tok/s 5%%, error_rate 0.01); repeatable", "METRIC=PCT", None, "append", "linelist"),
-    Option("--llm-hardware-mismatch", "llm_hardware_mismatch", "when the baseline ran on other hardware, "
-           "engine or model: warn, fail or ignore (default: warn)", "MODE", "warn", choices=MISMATCH_MODES),
+    Option(
+        "--llm-model",
+        "llm_models",
+        "model to test; repeat for several (default: gemma3-270m, the embedded default on llama.cpp)",
+        "NAME",
+        None,
+        "append",
+        "linelist",
+    ),
+    Option(
+        "--llm-backend",
+        "llm_backend",
+        "engine that serves the models: llamacpp, vllm, ollama, "
+        "openai (an existing endpoint) or an installed third-party backend; default: the model's own",
+        "NAME",
+    ),
+    Option(
+        "--llm-base-url", "llm_base_url", "attach to a running server at URL instead of starting one", "URL"
+    ),
+    Option(
+        "--llm-api-key-env",
+        "llm_api_key_env",
+        "name of the environment variable holding the API key (the key itself is never written anywhere)",
+        "VAR",
+    ),
+    Option(
+        "--llm-save-requests",
+        "llm_save_requests",
+        "write one JSONL line per request (raw perf_counter_ns stamps) into DIR",
+        "DIR",
+    ),
+    Option(
+        "--llm-server-executable",
+        "llm_server_executable",
+        "llama-server binary, Python with vLLM, or "
+        "ollama binary to start (default: built/found automatically)",
+        "PATH",
+    ),
+    Option(
+        "--llm-server-arg",
+        "llm_server_args",
+        "extra argument for the server command line; repeatable",
+        "ARG",
+        None,
+        "append",
+        "args",
+    ),
+    Option(
+        "--llm-server-option",
+        "llm_server_options",
+        "backend knob KEY=VALUE, e.g. tensor_parallel_size=2, dtype=bfloat16, threads=2; repeatable",
+        "KEY=VALUE",
+        None,
+        "append",
+        "linelist",
+    ),
+    Option(
+        "--llm-start-timeout",
+        "llm_start_timeout",
+        "seconds a server may take to become healthy (default: 600)",
+        "SECONDS",
+        "600",
+    ),
+    Option(
+        "--llm-request-timeout",
+        "llm_request_timeout",
+        "seconds one request may take before it counts as an error (default: 300)",
+        "SECONDS",
+        "300",
+    ),
+    Option(
+        "--llm-max-concurrency",
+        "llm_max_concurrency",
+        "server slots to start with (default: the highest 'concurrency' parameter among the collected tests)",
+        "N",
+    ),
+    Option(
+        "--llm-fit",
+        "llm_fit",
+        "print which registry models fit this machine and common GPUs, then exit",
+        None,
+        False,
+        "store_true",
+        None,
+    ),
+    Option(
+        "--llm-budget",
+        "llm_budgets",
+        "budget KEY=VALUE or preset name for every test, e.g. "
+        "ttft_ms_p95=500 or mlperf-llama3.1-8b; repeatable; overrides markers and pyproject",
+        "KEY=VALUE",
+        None,
+        "append",
+        "linelist",
+    ),
+    Option(
+        "--llm-baseline",
+        "llm_baseline",
+        "pytest-benchmark JSON to gate regressions against (default: the run --benchmark-compare selects)",
+        "PATH",
+    ),
+    Option(
+        "--llm-tolerance",
+        "llm_tolerances",
+        "regression tolerance METRIC=PERCENT, e.g. tpot_ms=5%% "
+        "(defaults: ttft_ms 10%%, tpot/itl/e2e/tok/s 5%%, error_rate 0.01); repeatable",
+        "METRIC=PCT",
+        None,
+        "append",
+        "linelist",
+    ),
+    Option(
+        "--llm-hardware-mismatch",
+        "llm_hardware_mismatch",
+        "when the baseline ran on other hardware, engine or model: warn, fail or ignore (default: warn)",
+        "MODE",
+        "warn",
+        choices=MISMATCH_MODES,
+    ),
     Option("--llm-report", "llm_report", "write a Markdown summary and PNG plots into DIR", "DIR"),
-    Option("--llm-telemetry-interval", "llm_telemetry_interval", "telemetry sampling period in seconds, "
-           "0 to turn it off (default: 0.1)", "SECONDS", "0.1"),
-    Option("--llm-telemetry-series", "llm_telemetry_series", "also write each test's telemetry time series "
-           "beside its requests (needs --llm-save-requests or --llm-report)", None, False, "store_true", "bool"),
-    Option("--llm-adaptive", "llm_adaptive", "stop each case once the 95%% CIs of median TPOT and tok/s are "
-           "within 5%% (the requests argument becomes a cap)", None, False, "store_true", "bool"),
-)  # fmt: skip
+    Option(
+        "--llm-telemetry-interval",
+        "llm_telemetry_interval",
+        "telemetry sampling period in seconds, 0 to turn it off (default: 0.1)",
+        "SECONDS",
+        "0.1",
+    ),
+    Option(
+        "--llm-telemetry-series",
+        "llm_telemetry_series",
+        "also write each test's telemetry time series "
+        "beside its requests (needs --llm-save-requests or --llm-report)",
+        None,
+        False,
+        "store_true",
+        "bool",
+    ),
+    Option(
+        "--llm-adaptive",
+        "llm_adaptive",
+        "stop each case once the 95%% CIs of median TPOT and tok/s are "
+        "within 5%% (the requests argument becomes a cap)",
+        None,
+        False,
+        "store_true",
+        "bool",
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -164,8 +271,10 @@ def load_pyproject(rootdir: Path) -> dict[str, Any]:
         raise ConfigError(f"[tool.llmperf] in {path} must be a table")
     unknown = set(table) - {"models", "budgets"}
     if unknown:
-        raise ConfigError(f"[tool.llmperf] in {path} has unknown keys {sorted(unknown)}; it takes "
-                          "[tool.llmperf.models.<name>] and [tool.llmperf.budgets.\"<model>\"] tables")
+        raise ConfigError(
+            f"[tool.llmperf] in {path} has unknown keys {sorted(unknown)}; it takes "
+            '[tool.llmperf.models.<name>] and [tool.llmperf.budgets."<model>"] tables'
+        )
     return table
 
 
@@ -190,7 +299,9 @@ def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
             raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(known)}")
     mismatch = str(get("llm_hardware_mismatch"))
     if mismatch not in MISMATCH_MODES:
-        raise ConfigError(f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch!r}")
+        raise ConfigError(
+            f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch!r}"
+        )
     base_url = get("llm_base_url")
     if base_url is not None and not str(base_url).startswith(("http://", "https://")):
         raise ConfigError(f"--llm-base-url must start with http:// or https://, not {base_url!r}")

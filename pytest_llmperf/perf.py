@@ -39,9 +39,11 @@ def _telemetry(sampler: Any, result: RunResult) -> dict[str, Any]:
     client_ttft = result.summary.ttft_ms
     if server_ttft.get("mean") is not None and client_ttft is not None:
         summary["ttft_cross_check"] = telemetry.cross_check_ttft(
-            server_ttft["mean"], client_ttft.mean,
-            server_requests=server_ttft.get("count"), client_requests=client_ttft.count,
-        )  # fmt: skip
+            server_ttft["mean"],
+            client_ttft.mean,
+            server_requests=server_ttft.get("count"),
+            client_requests=client_ttft.count,
+        )
     return summary
 
 
@@ -64,6 +66,7 @@ class LlmPerf:
         self,
         session: LlmPerfSession,
         node: pytest.Item,
+        *,
         model: str,
         backend: str,
         server: Server,
@@ -100,9 +103,18 @@ class LlmPerf:
                 "entry: parametrize the test instead of looping inside it"
             )
         scenario = self._scenario(
-            input_tokens, output_tokens, concurrency, requests, warmup, rate, arrival, seed,
-            timeout_s, adaptive, target_rel_ci,
-        )  # fmt: skip
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            concurrency=concurrency,
+            requests=requests,
+            warmup=warmup,
+            rate=rate,
+            arrival=arrival,
+            seed=seed,
+            timeout_s=timeout_s,
+            adaptive=adaptive,
+            target_rel_ci=target_rel_ci,
+        )
         settings = self._session.settings
         self._session.check_server(self.model, self.server)
         result, died = self._measure(scenario)
@@ -122,6 +134,7 @@ class LlmPerf:
 
     def _scenario(
         self,
+        *,
         input_tokens: int,
         output_tokens: int,
         concurrency: int,
@@ -134,8 +147,11 @@ class LlmPerf:
         adaptive: bool | None,
         target_rel_ci: float,
     ) -> Scenario:
-        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
-                            ("concurrency", concurrency)):  # fmt: skip
+        for name, value in (
+            ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+            ("concurrency", concurrency),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"llm_perf.run({name}={value!r}): {name} must be a whole number >= 1")
         if arrival not in ("poisson", "constant"):
@@ -182,9 +198,13 @@ class LlmPerf:
         try:
             # Telemetry covers the measured window only: it starts when warm-up is over.
             result = runner.measure(
-                target, scenario, model=self.model, backend=self.backend, on_record=log.write,
+                target,
+                scenario,
+                model=self.model,
+                backend=self.backend,
+                on_record=log.write,
                 on_measured=sampler.start if sampler is not None else None,
-            )  # fmt: skip
+            )
         finally:
             log.close()
             if sampler is not None and sampler.started:
@@ -199,7 +219,9 @@ class LlmPerf:
         for warning in sampler.warnings:
             self._session.warn_once(warning)
         self._series = [dict(point) for point in sampler.series()]
-        return dataclasses.replace(result, extra={**result.extra, "telemetry": _telemetry(sampler, result)}), died
+        return dataclasses.replace(
+            result, extra={**result.extra, "telemetry": _telemetry(sampler, result)}
+        ), died
 
     def _judge(self, result: RunResult, engine: str) -> Outcome:
         try:

@@ -16,8 +16,9 @@ from pytest_llmperf.config import OPTIONS, load_pyproject, resolve
 from pytest_llmperf.errors import ConfigError, LlmPerfError
 
 if TYPE_CHECKING:
+    from pytest_llmperf.perf import LlmPerf
     from pytest_llmperf.servers.base import Server
-    from pytest_llmperf.session import LlmPerf, LlmPerfSession
+    from pytest_llmperf.session import LlmPerfSession
 
 SESSION_KEY = pytest.StashKey["LlmPerfSession"]()
 SERVER_FIXTURES = ("llm_server", "llm_perf")
@@ -129,7 +130,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
     if SESSION_KEY in item.config.stash:
-        _session(item.config).annotate(item, report)
+        session = _session(item.config)
+        session.redact(report)
+        session.annotate(item, report)
     return report
 
 

@@ -34,7 +34,7 @@ class RequestLog:
         if directory is None:
             return cls(None, model, backend)
         directory.mkdir(parents=True, exist_ok=True)
-        return cls(open(directory / f"{file_stem(nodeid)}.jsonl", "a", encoding="utf-8"), model, backend)  # noqa: SIM115
+        return cls(open(directory / f"{file_stem(nodeid)}.jsonl", "a", encoding="utf-8"), model, backend)
 
     def write(self, record: RequestRecord) -> None:
         if self._handle is None:

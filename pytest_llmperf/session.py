@@ -198,7 +198,9 @@ class LlmPerfSession:
     # -- per test ---------------------------------------------------------------------------
 
     def perf_for(self, node: pytest.Item, model: str, server: Server, benchmark: Any) -> LlmPerf:
-        return LlmPerf(self, node, model, self.backend_for(model), server, benchmark)
+        return LlmPerf(
+            self, node, model=model, backend=self.backend_for(model), server=server, benchmark=benchmark
+        )
 
     def record(self, result: TestResult) -> None:
         self.results.append(result)
@@ -218,6 +220,16 @@ class LlmPerfSession:
             return
         if any(r.outcome.kind == "invalid" for r in self.results_for(item.nodeid)):
             report.llmperf_invalid = True  # type: ignore[attr-defined]
+
+    def redact(self, report: pytest.TestReport) -> None:
+        """Blank the API key out of a report: with ``-l`` a traceback shows every frame's
+        locals, and some frames hold the ``Authorization`` header in a plain dict."""
+        key = self.settings.api_key
+        if not key:
+            return
+        if report.longrepr is not None and key in str(report.longrepr):
+            report.longrepr = str(report.longrepr).replace(key, REDACTED)
+        report.sections = [(name, text.replace(key, REDACTED)) for name, text in report.sections]
 
     # -- end of session ---------------------------------------------------------------------
 

@@ -27,8 +27,9 @@ def test_defaults() -> None:
 
 
 def test_command_line_beats_ini() -> None:
-    s = settings({"llm_backend": "vllm", "llm_models": ["a", "b", "a"]},
-                 {"llm_backend": "ollama", "llm_models": ["c"]})  # fmt: skip
+    s = settings(
+        {"llm_backend": "vllm", "llm_models": ["a", "b", "a"]}, {"llm_backend": "ollama", "llm_models": ["c"]}
+    )
     assert s.backend == "vllm"
     assert s.models == ("a", "b")
 
@@ -40,8 +41,12 @@ def test_ini_used_when_command_line_is_silent() -> None:
 
 
 def test_pairs_are_parsed() -> None:
-    s = settings({"llm_budgets": ["ttft_ms_p95=500", "error_rate_max = 0"],
-                  "llm_server_options": ["tensor_parallel_size=2"]})  # fmt: skip
+    s = settings(
+        {
+            "llm_budgets": ["ttft_ms_p95=500", "error_rate_max = 0"],
+            "llm_server_options": ["tensor_parallel_size=2"],
+        }
+    )
     assert s.budgets == ("ttft_ms_p95=500", "error_rate_max = 0")
     assert s.server_options == {"tensor_parallel_size": "2"}
 
@@ -50,7 +55,10 @@ def test_pairs_are_parsed() -> None:
     ("cli", "message"),
     [
         ({"llm_backend": "tgi"}, "unknown backend 'tgi': use one of llamacpp, vllm, ollama, openai"),
-        ({"llm_backend": "openai"}, "--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL"),
+        (
+            {"llm_backend": "openai"},
+            "--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL",
+        ),
         ({"llm_base_url": "localhost:8000"}, "--llm-base-url must start with http:// or https://"),
         ({"llm_start_timeout": "soon"}, "--llm-start-timeout takes a number, not 'soon'"),
         ({"llm_max_concurrency": "2.5"}, "--llm-max-concurrency takes a whole number >= 1"),

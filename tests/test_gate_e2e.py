@@ -29,7 +29,9 @@ def test_case(llm_perf):
 @contextmanager
 def detserver(tmp_path: Path, name: str, itl_scale: float = 1.0) -> Iterator[str]:
     args = ("--itl-scale", str(itl_scale))
-    with running_detserver(tmp_path / name, ttft_ms=40, itl_ms=10, args=args, name=name, model="org/det") as server:
+    with running_detserver(
+        tmp_path / name, ttft_ms=40, itl_ms=10, args=args, name=name, model="org/det"
+    ) as server:
         yield server.base_url
 
 
@@ -47,7 +49,9 @@ def test_a_met_budget_passes_and_a_missed_one_fails_naming_the_metric(
     with detserver(tmp_path, "budget") as url:
         result = run(pytester, url)
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*test_missed.py::test_case*", "*fail-budget: tpot_ms p50 = 1*ms exceeds budget 5 ms*"])
+    result.stdout.fnmatch_lines(
+        ["*test_missed.py::test_case*", "*fail-budget: tpot_ms p50 = 1*ms exceeds budget 5 ms*"]
+    )
 
 
 def test_compare_passes_unchanged_and_fails_on_a_10_percent_slower_itl(
@@ -61,7 +65,9 @@ def test_compare_passes_unchanged_and_fails_on_a_10_percent_slower_itl(
     unchanged.assert_outcomes(passed=1)
 
     with detserver(tmp_path, "release-2", itl_scale=1.1) as url:
-        slower = run(pytester, url, "--benchmark-compare=0001", storage, "--llm-report", str(tmp_path / "report"))
+        slower = run(
+            pytester, url, "--benchmark-compare=0001", storage, "--llm-report", str(tmp_path / "report")
+        )
     slower.assert_outcomes(failed=1)
     slower.stdout.fnmatch_lines(["*fail-regression: tpot_ms +*% vs baseline*tolerance +5%*"])
     summary = (tmp_path / "report" / "llmperf-summary.md").read_text()

@@ -82,7 +82,9 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
         assert "gpu" not in telemetry
     assert "llmperf" in data["machine_info"]
 
-    lines = [json.loads(line) for p in sorted(requests_dir.glob("*.jsonl")) for line in p.read_text().splitlines()]
+    lines = [
+        json.loads(line) for p in sorted(requests_dir.glob("*.jsonl")) for line in p.read_text().splitlines()
+    ]
     measured = [line for line in lines if not line["warmup"]]
     assert len(measured) == 6
     for line in measured:
@@ -114,11 +116,17 @@ def test_two_models_run_one_after_the_other(pytester: pytest.Pytester, tmp_path:
         """
     )
     result = pytester.runpytest_subprocess(
-        "--llm-model=gemma3-270m", "--llm-model=gemma-twin", "-p", "no:randomly", *unique_server_args(tmp_path)
+        "--llm-model=gemma3-270m",
+        "--llm-model=gemma-twin",
+        "-p",
+        "no:randomly",
+        *unique_server_args(tmp_path),
     )
     result.assert_outcomes(passed=4)
     events = [line for line in result.outlines if "[llmperf] server " in line]
-    kinds = [(line.split("[llmperf] server ")[1].split()[0], line.split(" for ")[1].split()[0]) for line in events]
+    kinds = [
+        (line.split("[llmperf] server ")[1].split()[0], line.split(" for ")[1].split()[0]) for line in events
+    ]
     assert kinds == [
         ("started", "gemma3-270m"),
         ("stopped", "gemma3-270m"),

@@ -48,7 +48,10 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_stop_kills_a_server_that_ignores_sigterm(tmp_path: Path) -> None:
-    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "print('up', flush=True); time.sleep(600)"
+    )
     log = tmp_path / "server.log"
     proc = ManagedProcess([sys.executable, "-c", stubborn], log_path=log, stop_grace_s=0.5)
     wait_for_line(log, "up")
@@ -95,14 +98,24 @@ def test_free_port_is_bindable_and_nothing_answers_there() -> None:
 
 
 def test_gguf_path_that_does_not_exist_is_a_config_error(tmp_path: Path) -> None:
-    spec = ModelSpec(name="mine", params_b=1, layers=1, kv_heads=1, head_dim=64, context=2048,
-                     gguf=str(tmp_path / "missing.gguf"), default_backend="llamacpp")  # fmt: skip
-    with pytest.raises(ConfigError, match="missing.gguf for model 'mine' does not exist"):
+    spec = ModelSpec(
+        name="mine",
+        params_b=1,
+        layers=1,
+        kv_heads=1,
+        head_dim=64,
+        context=2048,
+        gguf=str(tmp_path / "missing.gguf"),
+        default_backend="llamacpp",
+    )
+    with pytest.raises(ConfigError, match=r"missing\.gguf for model 'mine' does not exist"):
         llamacpp.resolve_gguf(spec)
 
 
 def test_model_without_gguf_says_what_to_configure() -> None:
-    spec = ModelSpec(name="hf-only", params_b=1, layers=1, kv_heads=1, head_dim=64, context=2048, vllm="org/m")
+    spec = ModelSpec(
+        name="hf-only", params_b=1, layers=1, kv_heads=1, head_dim=64, context=2048, vllm="org/m"
+    )
     with pytest.raises(ConfigError, match=r"\[tool.llmperf.models.hf-only\]"):
         llamacpp.resolve_gguf(spec)
 
@@ -118,10 +131,24 @@ def test_broken_server_binary_fails_start_with_its_output(tmp_path: Path) -> Non
     fake.chmod(0o755)
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
-    spec = ModelSpec(name="m", params_b=1, layers=1, kv_heads=1, head_dim=64, context=2048, gguf=str(gguf),
-                     default_backend="llamacpp")  # fmt: skip
-    request = LaunchRequest(model=spec, max_concurrency=2, max_context=256, log_dir=tmp_path,
-                            start_timeout_s=30, executable=str(fake))  # fmt: skip
+    spec = ModelSpec(
+        name="m",
+        params_b=1,
+        layers=1,
+        kv_heads=1,
+        head_dim=64,
+        context=2048,
+        gguf=str(gguf),
+        default_backend="llamacpp",
+    )
+    request = LaunchRequest(
+        model=spec,
+        max_concurrency=2,
+        max_context=256,
+        log_dir=tmp_path,
+        start_timeout_s=30,
+        executable=str(fake),
+    )
     with pytest.raises(ServerStartError) as info:
         llamacpp.LlamaCppBackend().launch(request)
     assert "exited with code 1" in str(info.value)

@@ -93,11 +93,21 @@ def _fetch_source(workdir: Path, log: Path, progress: Progress) -> Path:
     sdist_dir = workdir / "sdist"
     _run(
         [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(sdist_dir),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+            "-d",
+            str(sdist_dir),
         ],
-        log, progress, f"download llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source",
-    )  # fmt: skip
+        log,
+        progress,
+        f"download llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source",
+    )
     archives = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
     if not archives:
         raise BuildError(f"pip downloaded no llama-cpp-python sdist into {sdist_dir}; log {log}")
@@ -105,7 +115,7 @@ def _fetch_source(workdir: Path, log: Path, progress: Progress) -> Path:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(workdir, filter="data")
         else:  # Python < 3.10.12 has no extraction filters; the archive comes from our index
-            tar.extractall(workdir)  # noqa: S202
+            tar.extractall(workdir)
     source = workdir / archives[0].name.removesuffix(".tar.gz") / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"no llama.cpp source at {source}")
@@ -130,14 +140,27 @@ def build(progress: Progress, *, jobs: int | None = None) -> Path:
         started = time.monotonic()
         target.parent.parent.mkdir(parents=True, exist_ok=True)
         log = target.parent.parent / "build.log"
-        progress(f"llama-server is not built yet: building it once into {target.parent} (about 6-10 min on 2 cores)")
+        progress(
+            f"llama-server is not built yet: building it once into {target.parent} "
+            "(about 6-10 min on 2 cores)"
+        )
         with tempfile.TemporaryDirectory(prefix="llmperf-build-") as tmp:
             work = Path(tmp)
             source = _fetch_source(work, log, progress)
             build_dir = work / "build"
-            _run([cmake, "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS], log, progress, "configure")
+            _run(
+                [cmake, "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS],
+                log,
+                progress,
+                "configure",
+            )
             n_jobs = str(jobs or os.cpu_count() or 2)
-            _run([cmake, "--build", str(build_dir), "--target", "llama-server", "-j", n_jobs], log, progress, "compile")
+            _run(
+                [cmake, "--build", str(build_dir), "--target", "llama-server", "-j", n_jobs],
+                log,
+                progress,
+                "compile",
+            )
             built = build_dir / "bin" / "llama-server"
             if not built.is_file():
                 raise BuildError(f"the build finished but {built} is missing; log {log}")
