@@ -8,6 +8,7 @@ modules are imported when a test needs a server, not at plugin load.
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -57,6 +58,11 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     from pytest_llmperf.session import LlmPerfSession
+
+    bench_json = config.getoption("benchmark_json", None)
+    if isinstance(bench_json, str):
+        # pytest-benchmark writes it only at the very end; a missing folder would lose the run.
+        Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
 
     try:
         config.stash[SESSION_KEY] = LlmPerfSession(config, settings)

@@ -10,6 +10,7 @@ Measurement itself lives in ``perf.py``.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import signal
@@ -35,6 +36,10 @@ DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
 REDACTED = "<redacted: --llm-api-key-env>"
 ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 class LlmPerfSession:
@@ -191,7 +196,15 @@ class LlmPerfSession:
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:
             # Become a KeyboardInterrupt: pytest then tears fixtures down and writes results.
-            raise KeyboardInterrupt(f"signal {signum}")
+            interrupt = KeyboardInterrupt(f"signal {signum}")
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise interrupt from None
+            # A measurement's loop is running: raised here, the interrupt could land in a
+            # transport callback, where uvloop swallows it and the run goes on. Raise it from
+            # a loop callback instead, which ends the loop.
+            loop.call_soon_threadsafe(_raise, interrupt)
 
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 

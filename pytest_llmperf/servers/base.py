@@ -141,6 +141,17 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    """True while a process other than a zombie is left in process group ``pgid``."""
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
 def _die_with_parent() -> None:
     """Child-side: new process group, and SIGTERM if pytest itself is killed."""
     os.setsid()
@@ -282,5 +293,9 @@ class ManagedProcess:
         # Children that outlived the leader (an engine's workers) share its group.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        # SIGKILL lands asynchronously: return once the group is gone, so nothing outlives stop().
+        deadline = time.monotonic() + 10.0
+        while _group_alive(self.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
         if not self._log.closed:
             self._log.close()

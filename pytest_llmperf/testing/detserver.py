@@ -18,7 +18,9 @@ token k at ``ttft + k * itl`` after the request arrived, and appends one JSON
 line per request to the stamp log: the ``x-request-id``, and the
 ``perf_counter_ns`` of the first token write (CLOCK_MONOTONIC, comparable
 across processes on Linux) and optionally of every write. Faults (``--fault``)
-make it misbehave on purpose for reliability tests.
+make it misbehave on purpose for reliability tests; ``--api-key-env VAR``
+makes ``/v1/*`` answer 401 without ``Authorization: Bearer $VAR``, as vLLM's
+``--api-key`` does.
 
 This module must not import the rest of the package beyond the standard
 library and uvloop: it is the reference the client is measured against.
@@ -59,6 +61,11 @@ class Config:
         self.fault_every: int = max(1, ns.fault_every)
         self.fault: str | None = None
         self.die_after: int | None = None
+        # Like vLLM's --api-key: /v1/* needs "Authorization: Bearer <key>". Read from the
+        # environment, so the key never shows in a command line or in our own logs.
+        self.api_key: str | None = os.environ.get(ns.api_key_env) if ns.api_key_env else None
+        if ns.api_key_env and not self.api_key:
+            raise SystemExit(f"--api-key-env {ns.api_key_env}: that environment variable is not set")
         if ns.fault:
             if ns.fault.startswith("die-after="):
                 self.die_after = int(ns.fault.split("=", 1)[1])
@@ -281,6 +288,10 @@ class Connection(asyncio.Protocol):
 
     def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes, recv_ns: int) -> None:
         st = self.state
+        key = st.cfg.api_key
+        if key is not None and path.startswith("/v1/") and headers.get("authorization") != f"Bearer {key}":
+            self.respond(401, b'{"error":"Unauthorized"}', "application/json")
+            return
         api = wf.GENERATE.get(path)
         if api is not None and method == "POST":
             try:
@@ -360,6 +371,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="event loop; asyncio (default) never fires a timer early, uvloop's may by up to 1 ms",
     )
     p.add_argument("--slow-itl-ms", type=float, default=1000.0, help="ITL of --fault slow")
+    p.add_argument(
+        "--api-key-env", default=None, help="require Authorization: Bearer $VAR on /v1/* (401 otherwise)"
+    )
     return p.parse_args(argv)
 
 
