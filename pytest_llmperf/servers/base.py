@@ -121,6 +121,39 @@ class Server(Protocol):
     def stop(self) -> None: ...
 
 
+@dataclass(eq=False)
+class StartedServer:
+    """A server process that we started and will stop: what every such backend shares.
+
+    Backends subclass it for their extra fields; ``label`` names the program in
+    messages ("llama-server for gemma3-270m exited with code -9 ...").
+    """
+
+    model: str
+    base_url: str
+    process: ManagedProcess
+    capabilities: Capabilities
+    backend: str
+    engine: str
+    label: str
+    engine_version: str | None = None
+    model_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def check_alive(self) -> None:
+        self.process.check_alive(f"{self.label} for {self.model}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return self.process.log_tail(lines)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port the kernel just gave us on ``host``; the server binds it next."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -17,18 +17,18 @@ import importlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
 from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers import llamacpp_build
 from pytest_llmperf.servers.base import (
-    LOG_TAIL_LINES,
     Capabilities,
     LaunchRequest,
     ManagedProcess,
+    StartedServer,
     free_port,
     http_status,
     port_taken,
@@ -95,33 +95,11 @@ def server_binary(explicit: str | None, progress: Progress) -> Path:
     return llamacpp_build.build(progress)
 
 
-@dataclass
-class LlamaCppServer:
+@dataclass(eq=False)
+class LlamaCppServer(StartedServer):
     """A running ``llama-server`` that we started and will stop."""
 
-    model: str
-    base_url: str
-    process: ManagedProcess
-    capabilities: Capabilities = CAPABILITIES
     slots: int = 1
-    headers: Mapping[str, str] = field(default_factory=dict)
-    backend: str = "llamacpp"
-    engine: str = "llama.cpp"
-    engine_version: str | None = None
-    model_id: str | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        self.process.check_alive(f"llama-server for {self.model}")
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return self.process.log_tail(lines)
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 class LlamaCppBackend:
@@ -177,9 +155,13 @@ class LlamaCppBackend:
                 model=spec.name,
                 base_url=base_url,
                 process=process,
-                slots=slots,
+                capabilities=CAPABILITIES,
+                backend="llamacpp",
+                engine="llama.cpp",
+                label="llama-server",
                 engine_version=engine_version(binary),
                 model_id=gguf.name,
+                slots=slots,
             )
         raise AssertionError("unreachable: the second attempt returns or raises")
 

@@ -299,7 +299,8 @@ class OllamaBackend:
         base_url = f"http://127.0.0.1:{port}"
         try:
             process.wait_healthy(
-                lambda: http_status(base_url + "/api/version") == 200,
+                # Only our own process counts: another may take the port after free_port().
+                lambda: http_status(base_url + "/api/version") == 200 and process.listens_on(port),
                 what="ollama serve",
                 timeout_s=request.start_timeout_s,
             )

@@ -31,10 +31,10 @@ from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.hardware import read_gpus
 from pytest_llmperf.models import TINY_LLAMA_ID, ModelSpec
 from pytest_llmperf.servers.base import (
-    LOG_TAIL_LINES,
     Capabilities,
     LaunchRequest,
     ManagedProcess,
+    StartedServer,
     free_port,
     http_status,
 )
@@ -247,34 +247,16 @@ def _environment(
 
 
 @dataclass(eq=False)
-class VllmServer:
-    """A running vLLM server that we started and will stop."""
+class VllmServer(StartedServer):
+    """A running vLLM server that we started and will stop; ``cache_dir`` goes with it."""
 
-    model: str
-    base_url: str
-    process: ManagedProcess
-    capabilities: Capabilities
-    model_id: str
-    cache_dir: Path
-    startup_s: float
-    engine_version: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    backend: str = "vllm"
-    engine: str = "vllm"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def check_alive(self) -> None:
-        self.process.check_alive(f"vLLM for {self.model}")
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return self.process.log_tail(lines)
+    cache_dir: Path | None = None
+    startup_s: float = 0.0
 
     def stop(self) -> None:
-        self.process.stop()
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        super().stop()
+        if self.cache_dir is not None:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
 class VllmBackend:
@@ -313,7 +295,9 @@ class VllmBackend:
         base_url = f"http://127.0.0.1:{port}"
         try:
             startup_s = process.wait_healthy(
-                lambda: http_status(base_url + "/health") == 200,
+                # Only our own process counts: vLLM binds late, after loading the model, and
+                # another server may take the port after free_port() meanwhile.
+                lambda: http_status(base_url + "/health") == 200 and process.listens_on(port),
                 what=f"vLLM for {request.model.name}",
                 timeout_s=request.start_timeout_s,
             )
@@ -326,10 +310,13 @@ class VllmBackend:
             base_url=base_url,
             process=process,
             capabilities=p.capabilities,
+            backend="vllm",
+            engine="vllm",
+            label="vLLM",
+            engine_version=_server_version(base_url),
             model_id=p.model_id,
             cache_dir=p.cache_dir,
             startup_s=startup_s,
-            engine_version=_server_version(base_url),
         )
 
     def _tiny_model(self, command: list[str]) -> Path:
