@@ -8,6 +8,7 @@ Not a test module. ``tests/conftest.py`` pins ``LLMPERF_CACHE_DIR`` before
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -117,9 +118,17 @@ def pytest_popen(
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
+            # A foreground pytest, as a user's Ctrl-C finds it: a non-interactive shell that
+            # started *this* run in the background leaves SIGINT ignored, which the child
+            # would inherit (and Python keeps an inherited SIG_IGN).
+            preexec_fn=_default_sigint,  # noqa: PLW1509 - one signal() call
         )
     finally:
         handle.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def files_under(*roots: Path) -> Iterator[Path]:
