@@ -127,7 +127,7 @@ class LlmPerf:
         if self._benchmark is not None:
             benchjson.record(self._benchmark, result, outcome, engine=engine)
         if settings.telemetry_series:
-            self._write_series(result)
+            self._write_series()
         if died is not None:
             raise died
         return result
@@ -231,7 +231,7 @@ class LlmPerf:
         except LlmPerfError as exc:
             raise pytest.UsageError(str(exc)) from None
 
-    def _write_series(self, result: RunResult) -> None:
+    def _write_series(self) -> None:
         directory = self._session.settings.save_requests or self._session.settings.report_dir
         if directory is None or not self._series:
             return
