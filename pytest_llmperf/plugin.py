@@ -60,7 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_llmperf.session import LlmPerfSession
 
     bench_json = config.getoption("benchmark_json", None)
-    if isinstance(bench_json, str):
+    if isinstance(bench_json, (str, Path)):
         # pytest-benchmark writes it only at the very end; a missing folder would lose the run.
         Path(bench_json).parent.mkdir(parents=True, exist_ok=True)
 

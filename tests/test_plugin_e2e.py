@@ -163,3 +163,12 @@ def test_benchmark_compare_command_prints_a_table(pytester: pytest.Pytester, tmp
     )
     assert "test_c[gemma3-270m]" in compare.stdout
     assert "Median" in compare.stdout
+
+
+def test_benchmark_json_folder_is_created(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile(
+        test_q="def test_q(llm_perf):\n    llm_perf.run(input_tokens=16, output_tokens=4, requests=2)\n"
+    )
+    out = tmp_path / "not" / "yet" / "there.json"
+    pytester.runpytest_subprocess(f"--benchmark-json={out}").assert_outcomes(passed=1)
+    assert json.loads(out.read_text())["benchmarks"][0]["extra_info"]["llm"]["completed"] == 2
