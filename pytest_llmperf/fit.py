@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.hardware import COMMON_GPUS, GB, GIB, Device, Machine, detect_machine, format_gb
 from pytest_llmperf.models import ModelSpec
+from pytest_llmperf.servers.base import int_option
 
 #: Bytes per parameter, scales included. Quantized GGUF figures are from
 #: published file sizes: Ollama's llama3.1:8b (Q4_K_M) is 4.9 GB for 8.03 B
@@ -302,12 +303,12 @@ def check(
     kv_cache = None
     kv_bytes = 1 if options.get("kv_cache_dtype", "").startswith("fp8") else 2
     if backend == "vllm":
-        tp = _positive_int(options, "tensor_parallel_size")
-        pp = _positive_int(options, "pipeline_parallel_size")
+        tp = int_option(options, "tensor_parallel_size")
+        pp = int_option(options, "pipeline_parallel_size")
         devices = tp * pp if machine.kind == "gpu" and (tp > 1 or pp > 1) else None
         if machine.kind == "cpu":
             # vLLM on CPU reserves exactly VLLM_CPU_KVCACHE_SPACE GiB for the cache.
-            kv_cache = _positive_int(options, "cpu_kvcache_space", default=1) * GIB
+            kv_cache = int_option(options, "cpu_kvcache_space", default=1) * GIB
     return check_fit(
         spec,
         machine,
@@ -319,15 +320,6 @@ def check(
         kv_bytes_per_value=kv_bytes,
         kv_cache_bytes=kv_cache,
     )
-
-
-def _positive_int(options: Mapping[str, str], key: str, default: int = 1) -> int:
-    raw = options.get(key)
-    if raw is None:
-        return default
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ConfigError(f"server option {key}={raw!r}: expected a positive whole number")
-    return int(raw)
 
 
 def table(

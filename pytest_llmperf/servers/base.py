@@ -28,7 +28,7 @@ from typing import Protocol
 
 import psutil
 
-from pytest_llmperf.errors import ServerDiedError, ServerStartError
+from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
 from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.records import Api
 
@@ -152,6 +152,16 @@ class StartedServer:
 
     def stop(self) -> None:
         self.process.stop()
+
+
+def int_option(options: Mapping[str, str], key: str, default: int = 1) -> int:
+    """A whole-number backend knob from ``--llm-server-option KEY=VALUE`` (>= 1)."""
+    raw = options.get(key)
+    if raw is None:
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"server option {key}={raw!r}: expected a positive whole number")
+    return int(raw)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -37,6 +37,7 @@ from pytest_llmperf.servers.base import (
     StartedServer,
     free_port,
     http_status,
+    int_option,
 )
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -144,12 +145,12 @@ def plan(
             "(pass any other vLLM flag with --llm-server-arg)"
         )
     model_id = model_id or _model_id(spec)
-    max_len = _int_option(options, "max_model_len", _default_max_len(spec, request.max_context))
+    max_len = int_option(options, "max_model_len", _default_max_len(spec, request.max_context))
     if spec.context is not None and max_len > spec.context:
         raise ConfigError(
             f"{spec.name} supports a context of {spec.context} tokens; the longest case needs {max_len}"
         )
-    seqs = _int_option(options, "max_num_seqs", max(1, request.max_concurrency))
+    seqs = int_option(options, "max_num_seqs", max(1, request.max_concurrency))
     if seqs < request.max_concurrency:
         raise ConfigError(
             f"server option max_num_seqs={seqs} is below the session's highest concurrency "
@@ -170,7 +171,7 @@ def plan(
         if key == "distributed_executor_backend" and value not in ("ray", "mp", "uni", "external_launcher"):
             raise ConfigError(f"server option {key}={value!r}: use ray (several nodes) or mp (one node)")
         if key in ("tensor_parallel_size", "pipeline_parallel_size"):
-            _int_option(options, key, 1)
+            int_option(options, key, 1)
         if key == "gpu_memory_utilization":
             _fraction(key, value)
         argv += [flag, value]
@@ -199,15 +200,6 @@ def _model_id(spec: ModelSpec) -> str:
 def _default_max_len(spec: ModelSpec, max_context: int) -> int:
     wanted = max_context + CONTEXT_HEADROOM
     return min(wanted, spec.context) if spec.context is not None else wanted
-
-
-def _int_option(options: Mapping[str, str], key: str, default: int) -> int:
-    raw = options.get(key)
-    if raw is None:
-        return default
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise ConfigError(f"server option {key}={raw!r}: expected a positive whole number")
-    return int(raw)
 
 
 def _flag(key: str, value: str) -> bool:
@@ -239,7 +231,7 @@ def _environment(
     env["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir / "inductor")
     env["TMPDIR"] = str(cache_dir / "tmp")
     if not on_gpu:
-        space = _int_option(options, "cpu_kvcache_space", int(env.get("VLLM_CPU_KVCACHE_SPACE") or 1))
+        space = int_option(options, "cpu_kvcache_space", int(env.get("VLLM_CPU_KVCACHE_SPACE") or 1))
         env["VLLM_CPU_KVCACHE_SPACE"] = str(space)  # whole GiB; vLLM's CPU default is too small
     if local_model:
         env["HF_HUB_OFFLINE"] = "1"
