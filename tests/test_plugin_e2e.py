@@ -53,6 +53,8 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*llmperf summary*", "*gemma3-270m*"])
     assert servers_started_with(str(tmp_path)) == []  # torn down, no orphan
+    if not Path("/dev/nvidiactl").exists():
+        assert result.stdout.str().count("no GPU telemetry") == 1  # one warning for the session
 
     data = json.loads(out.read_text())
     benches = data["benchmarks"]
@@ -78,8 +80,13 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
         assert bench["stats"]["rounds"] == 3
         assert bench["stats"]["median"] == pytest.approx(llm["e2e_ms"]["p50"] / 1000)
         telemetry = llm["telemetry"]
-        assert telemetry["cpu"]["per_core_mean_pct"]
-        assert "gpu" not in telemetry
+        assert len(telemetry["cpu"]["per_core_mean_pct"]) == psutil.cpu_count()
+        assert telemetry["server_process"]["rss_max_bytes"] > 100 * 2**20  # the model is mapped in
+        assert telemetry["server_process"]["cpu_max_pct"] > 0
+        # llama-server's own counters cover exactly the measured requests (warm-up excluded).
+        assert telemetry["server_metrics"]["generation_tokens"] == 3 * 6
+        assert telemetry["server_metrics"]["prompt_tokens"] == 3 * 24
+        assert "gpu" not in telemetry  # no GPU here: absent, not zero
     assert "llmperf" in data["machine_info"]
 
     lines = [
