@@ -154,6 +154,15 @@ class StartedServer:
         self.process.stop()
 
 
+def server_env(strip: tuple[str, ...] = ("_API_KEY", "_TOKEN")) -> dict[str, str]:
+    """Our environment for a server we start, minus secrets it has no use for.
+
+    Variables whose names end with one of ``strip`` are left out; the key named by
+    ``--llm-api-key-env`` must never reach a server's log or crash dump.
+    """
+    return {k: v for k, v in os.environ.items() if not k.endswith(strip)}
+
+
 def int_option(options: Mapping[str, str], key: str, default: int = 1) -> int:
     """A whole-number backend knob from ``--llm-server-option KEY=VALUE`` (>= 1)."""
     raw = options.get(key)

@@ -32,6 +32,7 @@ from pytest_llmperf.servers.base import (
     free_port,
     http_status,
     port_taken,
+    server_env,
 )
 
 CAPABILITIES = Capabilities(
@@ -134,7 +135,7 @@ class LlamaCppBackend:
                 *request.extra_args,
             ]  # fmt: skip
             log_path = request.log_dir / f"llama-server-{spec.name}-{port}.log"
-            process = ManagedProcess(argv, log_path=log_path, env=_clean_env())
+            process = ManagedProcess(argv, log_path=log_path, env=server_env())
             base_url = f"http://127.0.0.1:{port}"
             try:
                 process.wait_healthy(
@@ -183,8 +184,3 @@ def engine_version(binary: Path) -> str | None:
         if line.startswith("version:"):
             return line.removeprefix("version:").strip()
     return None
-
-
-def _clean_env() -> dict[str, str]:
-    """The server inherits our environment minus API keys it has no use for."""
-    return {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}

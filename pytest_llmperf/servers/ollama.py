@@ -32,6 +32,7 @@ from pytest_llmperf.servers.base import (
     ManagedProcess,
     free_port,
     http_status,
+    server_env,
 )
 
 DEFAULT_URL = "http://127.0.0.1:11434"
@@ -290,7 +291,7 @@ class OllamaBackend:
                 "or point --llm-base-url at a running one"
             )
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_TOKEN"))}
+        env = server_env()
         env["OLLAMA_HOST"] = f"127.0.0.1:{port}"
         env["OLLAMA_NUM_PARALLEL"] = str(max(1, request.max_concurrency))
         env["OLLAMA_KEEP_ALIVE"] = "-1"  # never unload between tests; we stop the server at the end

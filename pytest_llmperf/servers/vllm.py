@@ -38,6 +38,7 @@ from pytest_llmperf.servers.base import (
     free_port,
     http_status,
     int_option,
+    server_env,
 )
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
@@ -223,7 +224,7 @@ def _environment(
     options: Mapping[str, str], cache_dir: Path, *, on_gpu: bool, local_model: bool
 ) -> dict[str, str]:
     # The server has no use for API keys; HF_TOKEN stays, gated repos need it.
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env = server_env(strip=("_API_KEY",))
     # Without it vLLM's internal messaging binds a non-loopback address.
     env["VLLM_HOST_IP"] = "127.0.0.1"
     env["VLLM_NO_USAGE_STATS"] = "1"
