@@ -76,7 +76,9 @@ def _session(config: pytest.Config) -> LlmPerfSession:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if SESSION_KEY in config.stash:
-        _session(config).close()
+        session = _session(config)
+        session.close()
+        session.restore_signal_handlers()
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -61,6 +61,7 @@ class LlmPerfSession:
         self.results: list[TestResult] = []
         self._warnings: list[str] = []
         self._log_dir: Path | None = None
+        self._machine_info: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._previous_sigterm: Any = None
         self._install_signal_handlers()
@@ -208,6 +209,12 @@ class LlmPerfSession:
 
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
+    def restore_signal_handlers(self) -> None:
+        """Put back the SIGTERM handler we replaced (an in-process pytester run, say)."""
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
     # -- per test ---------------------------------------------------------------------------
 
     def perf_for(self, node: pytest.Item, model: str, server: Server, benchmark: Any) -> LlmPerf:
@@ -285,7 +292,15 @@ class LlmPerfSession:
             self.progress(f"could not write the report into {report_dir}: {exc}")
 
     def machine_info(self) -> dict[str, Any]:
-        """``machine_info["llmperf"]``: the setup a baseline comparison checks."""
+        """``machine_info["llmperf"]``: the setup a baseline comparison checks.
+
+        Read once: every field is fixed for the session, and each test's verdict asks.
+        """
+        if self._machine_info is None:
+            self._machine_info = self._read_machine_info()
+        return self._machine_info
+
+    def _read_machine_info(self) -> dict[str, Any]:
         from pytest_llmperf import telemetry
 
         host: dict[str, Any] = dict(telemetry.machine_info())

@@ -88,3 +88,14 @@ def test_pyproject_tables(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.llmperf\n")
     with pytest.raises(ConfigError, match="cannot read"):
         load_pyproject(tmp_path)
+
+
+def test_an_in_process_session_gives_back_the_sigterm_handler(pytester: pytest.Pytester) -> None:
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    pytester.makepyfile(
+        test_x="import signal\n\ndef test_x():\n    assert callable(signal.getsignal(signal.SIGTERM))\n"
+    )
+    pytester.runpytest_inprocess().assert_outcomes(passed=1)
+    assert signal.getsignal(signal.SIGTERM) == before
