@@ -28,11 +28,9 @@ class Gate:
         self.cli = budgets.parse_cli(list(settings.budgets))
         self.per_model = budgets.parse_tables(settings.pyproject.get("budgets", {}))
         self.tolerances = verdict.parse_tolerances(list(settings.tolerances))
-        self._baseline_path = self._find_baseline()
+        path = self._find_baseline()
         # Loaded now, so a corrupt or foreign baseline is a usage error before any server starts.
-        self._baseline: Baseline | None = (
-            load_baseline(self._baseline_path) if self._baseline_path is not None else None
-        )
+        self.baseline: Baseline | None = load_baseline(path) if path is not None else None
 
     def _find_baseline(self) -> Path | None:
         if self._settings.baseline is not None:
@@ -42,10 +40,6 @@ class Gate:
             return None
         storage = str(self._config.getoption("benchmark_storage", "file://./.benchmarks"))
         return resolve_compare(True if compare is True else str(compare), storage)
-
-    @property
-    def baseline(self) -> Baseline | None:
-        return self._baseline
 
     def budgets_for(self, node: pytest.Item, model: str) -> budgets.Budgets:
         # iter_markers yields the closest marker first; fold from the farthest so the closest wins.

@@ -87,7 +87,7 @@ class LlmPerfSession:
         if marker is None:
             return list(self.model_names)
         wanted = [str(a) for a in marker.args]
-        return [m for m in self.model_names if m in wanted] or []
+        return [m for m in self.model_names if m in wanted]
 
     def plan(self, items: list[pytest.Item]) -> None:
         """Size servers from the collected tests' ``concurrency``/token parameters."""
