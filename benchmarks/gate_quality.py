@@ -28,10 +28,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf import benchjson, runner
+from pytest_llmperf.judge.verdict import Outcome, judge
+from pytest_llmperf.measure import runner
+from pytest_llmperf.output import benchjson
 from pytest_llmperf.records import RunResult, Scenario
 from pytest_llmperf.testing.harness import DetServer, running_detserver
-from pytest_llmperf.verdict import Outcome, judge
 
 
 def saved(result: RunResult) -> dict[str, Any]:

@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_llmperf import runner
+from pytest_llmperf.measure import runner
+from pytest_llmperf.measure.stats import percentile, summarize
 from pytest_llmperf.records import RequestRecord, Scenario
-from pytest_llmperf.stats import percentile, summarize
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 TTFT_MS = 63.5

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_llmperf import benchjson
 from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
+from pytest_llmperf.output import benchjson
+from pytest_llmperf.output.report import junit_properties
+from pytest_llmperf.output.requestlog import RequestLog
 from pytest_llmperf.records import RunResult, Scenario
-from pytest_llmperf.report import junit_properties
-from pytest_llmperf.requestlog import RequestLog
 from pytest_llmperf.servers.base import Server
 
 if TYPE_CHECKING:
+    from pytest_llmperf.judge.verdict import Outcome
     from pytest_llmperf.session import LlmPerfSession
-    from pytest_llmperf.verdict import Outcome
 
 
 def _telemetry(sampler: Any, result: RunResult) -> dict[str, Any]:
@@ -174,8 +174,9 @@ class LlmPerf:
         )
 
     def _measure(self, scenario: Scenario) -> tuple[RunResult, ServerDiedError | None]:
-        from pytest_llmperf import runner, telemetry
-        from pytest_llmperf.client import Target
+        from pytest_llmperf import telemetry
+        from pytest_llmperf.measure import runner
+        from pytest_llmperf.measure.client import Target
 
         settings = self._session.settings
         caps = self.server.capabilities

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf import models as model_registry
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
-from pytest_llmperf.gate import Gate
-from pytest_llmperf.models import DEFAULT_MODEL, ModelSpec
+from pytest_llmperf.judge.gate import Gate
 from pytest_llmperf.perf import LlmPerf, TestResult
+from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
+from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
 
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
@@ -132,8 +132,7 @@ class LlmPerfSession:
                 print(f"[llmperf] {line}", file=sys.stderr)
 
     def start_server(self, model: str) -> Server:
-        from pytest_llmperf import fit
-        from pytest_llmperf.servers import get_backend
+        from pytest_llmperf.servers import fit, get_backend
 
         spec = self.specs[model]
         backend_name = self.backend_for(model)
@@ -256,7 +255,7 @@ class LlmPerfSession:
     def terminal_summary(self, reporter: Any) -> None:
         if not self.results:
             return
-        from pytest_llmperf import report as reports
+        from pytest_llmperf.output import report as reports
 
         reporter.write_sep("-", "llmperf summary")
         reporter.write_line(reports.terminal_table(self._rows()))
@@ -264,7 +263,7 @@ class LlmPerfSession:
             reporter.write_line(f"warning: {warning}", yellow=True)
 
     def _rows(self) -> list[Any]:
-        from pytest_llmperf import report as reports
+        from pytest_llmperf.output import report as reports
 
         return [reports.ReportRow.from_result(r.nodeid, r.run, r.outcome) for r in self.results]
 
@@ -283,7 +282,7 @@ class LlmPerfSession:
         report_dir = self.settings.report_dir
         if report_dir is None or not self.results:
             return
-        from pytest_llmperf import report as reports
+        from pytest_llmperf.output import report as reports
 
         try:
             reports.write_markdown(report_dir, self._rows())
@@ -317,8 +316,8 @@ class LlmPerfSession:
 
     @staticmethod
     def fit_table(config: pytest.Config) -> str:
-        from pytest_llmperf import fit
         from pytest_llmperf.config import load_pyproject
+        from pytest_llmperf.servers import fit
 
         try:
             pyproject = load_pyproject(config.rootpath)

@@ -17,8 +17,8 @@ import os
 
 import pytest
 
-from pytest_llmperf.models import REGISTRY
 from pytest_llmperf.servers import llamacpp, llamacpp_build
+from pytest_llmperf.servers.models import REGISTRY
 
 os.environ["LLMPERF_CACHE_DIR"] = str(llamacpp_build.cache_root())
 

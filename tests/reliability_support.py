@@ -40,8 +40,7 @@ def ensure_embedded_default() -> tuple[Path, Path]:
     For a module-scoped fixture: a first-time build (6-10 min) then happens
     here, not inside an inner pytest run that has a timeout.
     """
-    from pytest_llmperf import models
-    from pytest_llmperf.servers import llamacpp
+    from pytest_llmperf.servers import llamacpp, models
 
     binary = llamacpp_build.build(lambda line: print(f"[llmperf] {line}", file=sys.stderr))
     gguf = llamacpp.resolve_gguf(models.lookup(models.DEFAULT_MODEL))

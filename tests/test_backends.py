@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from pytest_llmperf import servers
-from pytest_llmperf.client import Target, prepare, send
 from pytest_llmperf.errors import ConfigError, ServerStartError
-from pytest_llmperf.models import ModelSpec
+from pytest_llmperf.measure.client import Target, prepare, send
 from pytest_llmperf.servers import endpoint, get_backend
 from pytest_llmperf.servers import vllm as vllm_backend
 from pytest_llmperf.servers.base import LaunchRequest, free_port
+from pytest_llmperf.servers.models import ModelSpec
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 PY_CMD = ["/opt/py/bin/python", "-m", vllm_backend.API_SERVER_MODULE]
@@ -213,7 +213,7 @@ def test_vllm_missing_everywhere_says_how_to_get_it(tmp_path: Path, monkeypatch:
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setenv("LLMPERF_CACHE_DIR", str(tmp_path))
-    with pytest.raises(ConfigError, match=r"python -m pytest_llmperf.testing.vllm_env"):
+    with pytest.raises(ConfigError, match=r"python -m pytest_llmperf.servers.vllm_env"):
         vllm_backend.server_command(None)
 
 

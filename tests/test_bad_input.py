@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.baseline import machine_id
+from pytest_llmperf.judge.baseline import machine_id
 
 NEEDS_A_SERVER = """
 def test_x(llm_perf):

@@ -12,7 +12,8 @@ import pytest
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
-from pytest_llmperf.baseline import (
+from pytest_llmperf.errors import BaselineError
+from pytest_llmperf.judge.baseline import (
     SCHEMA,
     load_baseline,
     machine_id,
@@ -20,7 +21,6 @@ from pytest_llmperf.baseline import (
     request_samples,
     resolve_compare,
 )
-from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario, Summary
 
 GOLDEN = Path(__file__).parent / "data" / "baseline_schema1.json"

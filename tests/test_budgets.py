@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from pytest_llmperf.budgets import (
+from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.judge.budgets import (
     KEYS,
     PRESETS,
     Budget,
@@ -18,7 +19,6 @@ from pytest_llmperf.budgets import (
     parse_table,
     parse_tables,
 )
-from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.records import Distribution, Summary
 
 

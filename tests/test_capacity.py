@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pytest_llmperf.capacity import find_capacity
+from pytest_llmperf.judge.capacity import find_capacity
 
 
 def meets_up_to(limit: int, calls: list[int]) -> Callable[[int], tuple[bool, float]]:

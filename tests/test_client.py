@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import client
-from pytest_llmperf.client import Target
+from pytest_llmperf.measure import client
+from pytest_llmperf.measure.client import Target
 from pytest_llmperf.records import Api, RequestRecord
 from pytest_llmperf.servers.base import Capabilities, free_port
 from pytest_llmperf.testing.harness import DetServer, running_detserver

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from pytest_llmperf import runner
+from pytest_llmperf.measure import runner
 from pytest_llmperf.records import RequestRecord, Scenario
 from pytest_llmperf.testing.harness import running_detserver
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from pytest_llmperf import fit
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.hardware import COMMON_GPUS, GIB, MIB, Device, Machine, detect_machine, read_gpus
-from pytest_llmperf.models import REGISTRY, lookup
+from pytest_llmperf.servers import fit
+from pytest_llmperf.servers.hardware import COMMON_GPUS, GIB, MIB, Device, Machine, detect_machine, read_gpus
+from pytest_llmperf.servers.models import REGISTRY, lookup
 
 L4_TOTAL = 23034 * MIB  # what NVML reports for an L4
 H100_TOTAL = 81559 * MIB

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf import loadgen, runner
-from pytest_llmperf.loadgen import LagSampler, arrival_offsets_ns, run_load
+from pytest_llmperf.measure import loadgen, runner
+from pytest_llmperf.measure.loadgen import LagSampler, arrival_offsets_ns, run_load
+from pytest_llmperf.measure.stats import summarize
 from pytest_llmperf.records import RequestRecord, Scenario
-from pytest_llmperf.stats import summarize
 from pytest_llmperf.testing.harness import running_detserver
 
 

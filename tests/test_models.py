@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.models import REGISTRY, TINY_LLAMA_ID, ModelSpec, lookup, registry_with_overrides
+from pytest_llmperf.servers.models import REGISTRY, TINY_LLAMA_ID, ModelSpec, lookup, registry_with_overrides
 
 
 def test_registry_holds_the_card_models_and_the_local_ones() -> None:

@@ -33,11 +33,11 @@ from typing import Any, ClassVar
 import psutil
 import pytest
 
-from pytest_llmperf.client import Target, prepare, send
 from pytest_llmperf.errors import ConfigError, ServerStartError
-from pytest_llmperf.models import ModelSpec
+from pytest_llmperf.measure.client import Target, prepare, send
 from pytest_llmperf.servers import ollama
 from pytest_llmperf.servers.base import LaunchRequest, free_port
+from pytest_llmperf.servers.models import ModelSpec
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 PULL_TRANSCRIPT = (Path(__file__).parent / "data" / "ollama" / "pull_llama3.1-8b.ndjson").read_bytes()

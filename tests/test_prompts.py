@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_llmperf import prompts, runner
 from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.measure import prompts, runner
 from pytest_llmperf.records import Api, Scenario
 from pytest_llmperf.servers.base import Capabilities
 from pytest_llmperf.testing.harness import DetServer, running_detserver

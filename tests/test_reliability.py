@@ -34,8 +34,7 @@ from reliability_support import (
     wait_until,
 )
 
-from pytest_llmperf import models
-from pytest_llmperf.servers import llamacpp
+from pytest_llmperf.servers import llamacpp, models
 from pytest_llmperf.servers.base import LaunchRequest, free_port
 from pytest_llmperf.testing.harness import running_detserver
 
@@ -289,7 +288,7 @@ def test_a_stopped_pytest_leaves_no_server_and_keeps_its_results(
 SIGTERM_WHILE_READING = """
 import os, signal
 
-from pytest_llmperf import client
+from pytest_llmperf.measure import client
 
 reads = 0
 original = client._Stream.data_received

@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
-from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers import llamacpp
 from pytest_llmperf.servers.base import LaunchRequest, ManagedProcess, free_port, http_status
+from pytest_llmperf.servers.models import ModelSpec
 
 SPAWNS_CHILD = """
 import subprocess, sys, time

@@ -7,8 +7,7 @@ import statistics
 
 import pytest
 
-from pytest_llmperf.records import RequestRecord, Scenario
-from pytest_llmperf.stats import (
+from pytest_llmperf.measure.stats import (
     distribution,
     mean_ci,
     median_ci,
@@ -17,6 +16,7 @@ from pytest_llmperf.stats import (
     relative_half_width,
     summarize,
 )
+from pytest_llmperf.records import RequestRecord, Scenario
 
 MS = 1_000_000
 

@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf.baseline import request_samples
-from pytest_llmperf.budgets import parse_marker
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.records import Distribution, RequestRecord, RunResult, Scenario, Summary
-from pytest_llmperf.verdict import (
+from pytest_llmperf.judge.baseline import request_samples
+from pytest_llmperf.judge.budgets import parse_marker
+from pytest_llmperf.judge.verdict import (
     DEFAULT_TOLERANCES,
     Comparison,
     Tolerances,
@@ -23,6 +22,7 @@ from pytest_llmperf.verdict import (
     shift_ci,
     tolerance_option,
 )
+from pytest_llmperf.records import Distribution, RequestRecord, RunResult, Scenario, Summary
 
 MS = 1_000_000
 

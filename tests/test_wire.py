@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pytest_llmperf.wire import Read, apportion, parse_response
+from pytest_llmperf.measure.wire import Read, apportion, parse_response
 
 HEAD_CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 

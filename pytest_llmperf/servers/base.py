@@ -29,8 +29,8 @@ from typing import Protocol
 import psutil
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
-from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.records import Api
+from pytest_llmperf.servers.models import ModelSpec
 
 LOG_TAIL_LINES = 40
 

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
-from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers.base import LOG_TAIL_LINES, Capabilities, LaunchRequest, http_status
+from pytest_llmperf.servers.models import ModelSpec
 
 OPTIONS = ("api", "ignore_eos", "usage_in_stream", "metrics_path", "model")
 _TRUE = ("1", "true", "yes", "on")

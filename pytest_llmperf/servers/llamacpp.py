@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
-from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers import llamacpp_build
 from pytest_llmperf.servers.base import (
     Capabilities,
@@ -34,6 +33,7 @@ from pytest_llmperf.servers.base import (
     port_taken,
     server_env,
 )
+from pytest_llmperf.servers.models import ModelSpec
 
 CAPABILITIES = Capabilities(
     api="completions",

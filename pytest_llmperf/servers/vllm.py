@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.hardware import read_gpus
-from pytest_llmperf.models import TINY_LLAMA_ID, ModelSpec
 from pytest_llmperf.servers.base import (
     Capabilities,
     LaunchRequest,
@@ -40,6 +38,8 @@ from pytest_llmperf.servers.base import (
     int_option,
     server_env,
 )
+from pytest_llmperf.servers.hardware import read_gpus
+from pytest_llmperf.servers.models import TINY_LLAMA_ID, ModelSpec
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -99,7 +99,7 @@ def server_command(executable: str | None) -> list[str]:
     """How to run the server: a Python that has vLLM, or the ``vllm`` command.
 
     Without ``executable``: this interpreter if it can import vLLM, else
-    ``vllm`` on PATH, else the CPU build ``pytest_llmperf.testing.vllm_env``
+    ``vllm`` on PATH, else the CPU build ``pytest_llmperf.servers.vllm_env``
     cached (so the slow tests' environment serves ``--llm-backend=vllm`` too).
     """
     if executable:
@@ -114,14 +114,14 @@ def server_command(executable: str | None) -> list[str]:
     on_path = shutil.which("vllm")
     if on_path is not None:
         return [on_path, "serve"]
-    from pytest_llmperf.testing import vllm_env
+    from pytest_llmperf.servers import vllm_env
 
     cached = vllm_env.venv_python()
     if cached.is_file():
         return [str(cached), "-m", API_SERVER_MODULE]
     raise ConfigError(
         "vLLM is not installed: pip install vllm (GPU), or build the CPU environment with "
-        "`python -m pytest_llmperf.testing.vllm_env`, or name a Python that has vLLM with "
+        "`python -m pytest_llmperf.servers.vllm_env`, or name a Python that has vLLM with "
         "--llm-server-executable"
     )
 
@@ -313,7 +313,7 @@ class VllmBackend:
         )
 
     def _tiny_model(self, command: list[str]) -> Path:
-        from pytest_llmperf.testing import vllm_env
+        from pytest_llmperf.servers import vllm_env
 
         # The Python that runs vLLM has torch, transformers and tokenizers to build it.
         python = command[0] if command[1:2] == ["-m"] else str(Path(command[0]).with_name("python"))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.client import Target
+from pytest_llmperf.measure.client import Target
 from pytest_llmperf.records import Api
 from pytest_llmperf.servers.base import Capabilities, ManagedProcess, free_port, http_status
 

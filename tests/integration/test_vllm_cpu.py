@@ -20,11 +20,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmperf.client import Target, prepare, send
-from pytest_llmperf.models import REGISTRY
+from pytest_llmperf.measure.client import Target, prepare, send
+from pytest_llmperf.servers import vllm_env
 from pytest_llmperf.servers.base import LaunchRequest, http_status
+from pytest_llmperf.servers.models import REGISTRY
 from pytest_llmperf.servers.vllm import VllmBackend, VllmServer
-from pytest_llmperf.testing import vllm_env
 
 pytestmark = pytest.mark.slow
 

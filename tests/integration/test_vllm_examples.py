@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmperf.testing import vllm_env
+from pytest_llmperf.servers import vllm_env
 
 pytestmark = pytest.mark.slow
 

@@ -27,8 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from pytest_llmperf.measure.stats import distribution, precision_reached
 from pytest_llmperf.records import Distribution, RequestRecord, Scenario
-from pytest_llmperf.stats import distribution, precision_reached
 
 _now = time.perf_counter_ns
 

@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pytest_llmperf.client import Target, request_body
 from pytest_llmperf.errors import ConfigError, ServerError
+from pytest_llmperf.measure.client import Target, request_body
 
 _WORD_TEXT = """
     time year people way day man thing woman life child world school state family student group

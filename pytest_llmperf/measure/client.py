@@ -5,7 +5,7 @@ The hot path is an ``asyncio.Protocol`` whose ``data_received`` only appends
 beyond the tuple while tokens arrive, so the stamps carry the least client
 delay we can get from Python. Each request gets its own connection with
 ``Connection: close`` (no pool, so no hidden client-side queue) and ends at
-EOF. Only after it ends does :mod:`pytest_llmperf.wire` turn the bytes into a
+EOF. Only after it ends does :mod:`pytest_llmperf.measure.wire` turn the bytes into a
 ``RequestRecord``.
 
 This module must not raise for anything the server does: every failure
@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from pytest_llmperf.measure.wire import Parsed, Read, parse_response
 from pytest_llmperf.records import Api, RequestRecord
 from pytest_llmperf.servers.base import Capabilities
-from pytest_llmperf.wire import Parsed, Read, parse_response
 
 _now = time.perf_counter_ns
 

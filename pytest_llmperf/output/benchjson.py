@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pytest_llmperf.baseline import LlmSamples, request_samples
+from pytest_llmperf.judge.baseline import LlmSamples, request_samples
 from pytest_llmperf.records import Distribution, RunResult
 
 if TYPE_CHECKING:
-    from pytest_llmperf.verdict import Outcome
+    from pytest_llmperf.judge.verdict import Outcome
 
 SCHEMA = 1
 DistJson = dict[str, float]

@@ -24,10 +24,10 @@ import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from pytest_llmperf import client, loadgen, prompts
-from pytest_llmperf.client import Target
+from pytest_llmperf.measure import client, loadgen, prompts
+from pytest_llmperf.measure.client import Target
+from pytest_llmperf.measure.stats import summarize
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario, Summary
-from pytest_llmperf.stats import summarize
 
 T = TypeVar("T")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_llmperf import budgets, verdict
-from pytest_llmperf.baseline import Baseline, load_baseline, resolve_compare
 from pytest_llmperf.config import Settings
+from pytest_llmperf.judge import budgets, verdict
+from pytest_llmperf.judge.baseline import Baseline, load_baseline, resolve_compare
 from pytest_llmperf.records import RunResult
 
 

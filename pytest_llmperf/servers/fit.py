@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.hardware import COMMON_GPUS, GB, GIB, Device, Machine, detect_machine, format_gb
-from pytest_llmperf.models import ModelSpec
 from pytest_llmperf.servers.base import int_option
+from pytest_llmperf.servers.hardware import COMMON_GPUS, GB, GIB, Device, Machine, detect_machine, format_gb
+from pytest_llmperf.servers.models import ModelSpec
 
 #: Bytes per parameter, scales included. Quantized GGUF figures are from
 #: published file sizes: Ollama's llama3.1:8b (Q4_K_M) is 4.9 GB for 8.03 B

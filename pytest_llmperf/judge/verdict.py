@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from statistics import NormalDist, median
 from typing import Any, Literal, cast
 
-from pytest_llmperf.baseline import SAMPLE_METRICS, LlmSamples, request_samples
-from pytest_llmperf.budgets import Budgets
 from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.judge.baseline import SAMPLE_METRICS, LlmSamples, request_samples
+from pytest_llmperf.judge.budgets import Budgets
 from pytest_llmperf.records import RunResult
 
 OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid"]
