@@ -28,10 +28,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.judge.verdict import Outcome, judge
+from pytest_llmperf.judge.verdict import judge
 from pytest_llmperf.measure import runner
 from pytest_llmperf.output import benchjson
-from pytest_llmperf.records import RunResult, Scenario
+from pytest_llmperf.records import Outcome, RunResult, Scenario
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 

@@ -1,9 +1,10 @@
 """Resolve what the user asked for into frozen ``Settings``.
 
-Precedence is command line > marker > ini / pyproject: this module resolves
-the command line and the ini keys (``[tool.pytest.ini_options]``) and reads
-the ``[tool.llmperf]`` tables of pyproject.toml (models, budgets); markers
-are applied per test by the session. Every bad value raises ``ConfigError``
+Precedence is command line > marker > ini / pyproject. This module resolves
+the command line and the ini keys (each ``--llm-*`` flag's key is the flag
+without its dashes, ``llm_model`` for ``--llm-model``) and reads the
+``[tool.llmperf]`` tables of pyproject.toml (models, budgets); markers are
+applied per test by ``judge.gate``. Every bad value raises ``ConfigError``
 with a sentence that says what to type instead; the plugin turns it into a
 ``pytest.UsageError``. This module must not start anything.
 """
@@ -15,17 +16,19 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.records import HardwareMode
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+IniType = Literal["string", "paths", "pathlist", "args", "linelist", "bool"]
 BACKENDS = ("llamacpp", "vllm", "ollama", "openai")
-MISMATCH_MODES = ("warn", "fail", "ignore")
+MISMATCH_MODES: tuple[HardwareMode, ...] = ("warn", "fail", "ignore")
 
 
 @dataclass(frozen=True)
@@ -33,19 +36,28 @@ class Option:
     """One ``--llm-*`` option and its ini key, declared once for both."""
 
     flag: str
-    dest: str
     help: str
     metavar: str | None = None
     default: object = None
-    action: str = "store"
-    ini_type: str | None = "string"
+    action: Literal["store", "append", "store_true"] = "store"
+    ini_type: IniType | None = "string"
     choices: tuple[str, ...] | None = None
+
+    @property
+    def dest(self) -> str:
+        """The ini key and the ``config.option`` name: the flag without its dashes
+        (``--llm-model`` -> ``llm_model``)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def legacy_ini_key(self) -> str | None:
+        """The plural key 0.1 read for a repeatable option; still read, with a notice, for one release."""
+        return self.dest + "s" if self.action == "append" else None
 
 
 OPTIONS: tuple[Option, ...] = (
     Option(
         "--llm-model",
-        "llm_models",
         "model to test; repeat for several (default: gemma3-270m, the embedded default on llama.cpp)",
         "NAME",
         None,
@@ -54,36 +66,29 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-backend",
-        "llm_backend",
         "engine that serves the models: llamacpp, vllm, ollama, "
         "openai (an existing endpoint) or an installed third-party backend; default: the model's own",
         "NAME",
     ),
-    Option(
-        "--llm-base-url", "llm_base_url", "attach to a running server at URL instead of starting one", "URL"
-    ),
+    Option("--llm-base-url", "attach to a running server at URL instead of starting one", "URL"),
     Option(
         "--llm-api-key-env",
-        "llm_api_key_env",
         "name of the environment variable holding the API key (the key itself is never written anywhere)",
         "VAR",
     ),
     Option(
         "--llm-save-requests",
-        "llm_save_requests",
         "write one JSONL line per request (raw perf_counter_ns stamps) into DIR",
         "DIR",
     ),
     Option(
         "--llm-server-executable",
-        "llm_server_executable",
         "llama-server binary, Python with vLLM, or "
         "ollama binary to start (default: built/found automatically)",
         "PATH",
     ),
     Option(
         "--llm-server-arg",
-        "llm_server_args",
         "extra argument for the server command line; repeatable",
         "ARG",
         None,
@@ -92,7 +97,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-server-option",
-        "llm_server_options",
         "backend knob KEY=VALUE, e.g. tensor_parallel_size=2, dtype=bfloat16, threads=2; repeatable",
         "KEY=VALUE",
         None,
@@ -101,27 +105,23 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-start-timeout",
-        "llm_start_timeout",
         "seconds a server may take to become healthy (default: 600)",
         "SECONDS",
         "600",
     ),
     Option(
         "--llm-request-timeout",
-        "llm_request_timeout",
         "seconds one request may take before it counts as an error (default: 300)",
         "SECONDS",
         "300",
     ),
     Option(
         "--llm-max-concurrency",
-        "llm_max_concurrency",
         "server slots to start with (default: the highest 'concurrency' parameter among the collected tests)",
         "N",
     ),
     Option(
         "--llm-fit",
-        "llm_fit",
         "print which registry models fit this machine and common GPUs, then exit",
         None,
         False,
@@ -130,7 +130,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-budget",
-        "llm_budgets",
         "budget KEY=VALUE or preset name for every test, e.g. "
         "ttft_ms_p95=500 or mlperf-llama3.1-8b; repeatable; overrides markers and pyproject",
         "KEY=VALUE",
@@ -140,13 +139,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-baseline",
-        "llm_baseline",
         "pytest-benchmark JSON to gate regressions against (default: the run --benchmark-compare selects)",
         "PATH",
     ),
     Option(
         "--llm-tolerance",
-        "llm_tolerances",
         "regression tolerance METRIC=PERCENT, e.g. tpot_ms=5%% "
         "(defaults: ttft_ms 10%%, tpot/itl/e2e/tok/s 5%%, error_rate 0.01); repeatable",
         "METRIC=PCT",
@@ -156,23 +153,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-hardware-mismatch",
-        "llm_hardware_mismatch",
         "when the baseline ran on other hardware, engine or model: warn, fail or ignore (default: warn)",
         "MODE",
         "warn",
         choices=MISMATCH_MODES,
     ),
-    Option("--llm-report", "llm_report", "write a Markdown summary and PNG plots into DIR", "DIR"),
+    Option("--llm-report", "write a Markdown summary and PNG plots into DIR", "DIR"),
     Option(
         "--llm-telemetry-interval",
-        "llm_telemetry_interval",
         "telemetry sampling period in seconds, 0 to turn it off (default: 0.1)",
         "SECONDS",
         "0.1",
     ),
     Option(
         "--llm-telemetry-series",
-        "llm_telemetry_series",
         "also write each test's telemetry time series "
         "beside its requests (needs --llm-save-requests or --llm-report)",
         None,
@@ -182,7 +176,6 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-adaptive",
-        "llm_adaptive",
         "stop each case once the 95%% CIs of median TPOT and tok/s are "
         "within 5%% (the requests argument becomes a cap)",
         None,
@@ -211,12 +204,14 @@ class Settings:
     budgets: tuple[str, ...]
     baseline: Path | None
     tolerances: tuple[str, ...]
-    hardware_mismatch: str
+    hardware_mismatch: HardwareMode
     report_dir: Path | None
     telemetry_interval_s: float
     telemetry_series: bool
     adaptive: bool
     pyproject: Mapping[str, Any] = field(default_factory=dict)
+    notices: tuple[str, ...] = ()
+    """Lines to show once at the start (a deprecated ini key in use)."""
 
     @property
     def api_key(self) -> str | None:
@@ -226,6 +221,7 @@ class Settings:
 
 
 Getter = Callable[[Option], object]
+IniGetter = Callable[[str], object]
 
 
 def _pairs(values: Sequence[str], what: str, example: str) -> dict[str, str]:
@@ -252,9 +248,9 @@ def _number(raw: object, flag: str, *, minimum: float = 0.0, integer: bool = Fal
 def _list(value: object) -> list[str]:
     if value is None:
         return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]  # type: ignore[attr-defined]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
 
 
 def load_pyproject(rootdir: Path) -> dict[str, Any]:
@@ -278,29 +274,41 @@ def load_pyproject(rootdir: Path) -> dict[str, Any]:
     return table
 
 
-def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
-    """Command line first, then the ini key, then the option's default."""
+def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settings:
+    """Command line first, then the ini key (or its 0.1 plural), then the option's default."""
+    notices: list[str] = []
 
     def get(dest: str) -> object:
         option = next(o for o in OPTIONS if o.dest == dest)
         value = cli(option)
         if value in (None, [], False) and option.ini_type is not None:
-            value = ini(option)
+            value = ini(option.dest)
+            legacy = option.legacy_ini_key
+            if value in ("", [], None) and legacy is not None:
+                value = ini(legacy)
+                if value not in ("", [], None):
+                    notice = (
+                        f"ini key {legacy} is deprecated and will stop working in the next release: "
+                        f"rename it to {option.dest} (the flag {option.flag} without its dashes)"
+                    )
+                    if notice not in notices:
+                        notices.append(notice)
             if value in ("", []):
                 value = None
         return option.default if value in (None, []) else value
 
     backend = get("llm_backend")
     if backend is not None and backend not in BACKENDS:
-        from pytest_llmperf.servers import backend_names
+        from pytest_llmperf.servers.backends import backend_names
 
         known = backend_names()  # built-ins, then third-party entry points
         if backend not in known:
             raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(known)}")
-    mismatch = str(get("llm_hardware_mismatch"))
-    if mismatch not in MISMATCH_MODES:
+    mismatch_raw = str(get("llm_hardware_mismatch"))
+    mismatch = next((mode for mode in MISMATCH_MODES if mode == mismatch_raw), None)
+    if mismatch is None:
         raise ConfigError(
-            f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch!r}"
+            f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch_raw!r}"
         )
     base_url = get("llm_base_url")
     if base_url is not None and not str(base_url).startswith(("http://", "https://")):
@@ -313,7 +321,7 @@ def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
             "use --llm-backend=openai (or ollama) with --llm-base-url, or drop --llm-base-url"
         )
     max_conc = get("llm_max_concurrency")
-    models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_models")) if m.strip()))
+    models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_model")) if m.strip()))
     return Settings(
         models=models,
         backend=str(backend) if backend else None,
@@ -321,20 +329,21 @@ def resolve(cli: Getter, ini: Getter, pyproject: Mapping[str, Any]) -> Settings:
         api_key_env=str(get("llm_api_key_env")) if get("llm_api_key_env") else None,
         save_requests=Path(str(get("llm_save_requests"))) if get("llm_save_requests") else None,
         server_executable=str(get("llm_server_executable")) if get("llm_server_executable") else None,
-        server_args=tuple(_list(get("llm_server_args"))),
-        server_options=_pairs(_list(get("llm_server_options")), "--llm-server-option", "dtype=bfloat16"),
+        server_args=tuple(_list(get("llm_server_arg"))),
+        server_options=_pairs(_list(get("llm_server_option")), "--llm-server-option", "dtype=bfloat16"),
         start_timeout_s=_number(get("llm_start_timeout"), "--llm-start-timeout", minimum=1),
         request_timeout_s=_number(get("llm_request_timeout"), "--llm-request-timeout", minimum=0.001),
         max_concurrency=int(_number(max_conc, "--llm-max-concurrency", minimum=1, integer=True))
         if max_conc is not None
         else None,
-        budgets=tuple(_list(get("llm_budgets"))),
+        budgets=tuple(_list(get("llm_budget"))),
         baseline=Path(str(get("llm_baseline"))) if get("llm_baseline") else None,
-        tolerances=tuple(_list(get("llm_tolerances"))),
+        tolerances=tuple(_list(get("llm_tolerance"))),
         hardware_mismatch=mismatch,
         report_dir=Path(str(get("llm_report"))) if get("llm_report") else None,
         telemetry_interval_s=_number(get("llm_telemetry_interval"), "--llm-telemetry-interval"),
         telemetry_series=bool(get("llm_telemetry_series")),
         adaptive=bool(get("llm_adaptive")),
         pyproject=pyproject,
+        notices=tuple(notices),
     )

@@ -2,30 +2,34 @@
 
 ``LlmPerf.run`` turns keyword arguments into a ``Scenario``, measures it
 against the test's server with telemetry around it, writes each request to
-the JSONL log as it finishes, feeds the pytest-benchmark entry, and judges
-the result against budgets and the baseline. The verdict fails the test after
-its body returns (see ``LlmPerfSession.enforce``), so a test can still look at
-the result; whatever was measured is recorded before anything can fail.
+the JSONL log as it finishes, judges the result and hands the finished
+``CaseResult`` to its ``record`` sink. It gets everything it needs from its
+constructor, the way pytest-benchmark's fixture gets ``add_stats``: the
+resolved settings, the server, ``judge(result) -> Outcome``, ``record(case)``,
+``check_server()`` and ``warn(text)``. It never imports ``session`` or
+``plugin``; the verdict fails the test after its body returns (the session's
+``enforce``), so a test can still look at the result, and whatever was
+measured is recorded before anything can fail.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-import pytest
-
-from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
-from pytest_llmperf.output import benchjson
-from pytest_llmperf.output.report import junit_properties
+from pytest_llmperf.config import Settings
+from pytest_llmperf.errors import ConfigError, ServerDiedError
 from pytest_llmperf.output.requestlog import RequestLog
-from pytest_llmperf.records import RunResult, Scenario
+from pytest_llmperf.records import Arrival, CaseResult, Outcome, RunResult, Scenario
 from pytest_llmperf.servers.base import Server
 
-if TYPE_CHECKING:
-    from pytest_llmperf.judge.verdict import Outcome
-    from pytest_llmperf.session import LlmPerfSession
+Judge = Callable[[RunResult], Outcome]
+"""Budgets and baseline for this test: a result in, its verdict out."""
+Sink = Callable[[CaseResult], None]
+"""Where a finished case goes (the session's results, the benchmark entry, JUnit)."""
+
+ARRIVALS: tuple[Arrival, ...] = ("poisson", "constant")
 
 
 def _telemetry(sampler: Any, result: RunResult) -> dict[str, Any]:
@@ -47,39 +51,32 @@ def _telemetry(sampler: Any, result: RunResult) -> dict[str, Any]:
     return summary
 
 
-@dataclass(frozen=True)
-class TestResult:
-    """One measured run of one test, with its verdict."""
-
-    __test__ = False  # not a pytest test class
-
-    nodeid: str
-    run: RunResult
-    outcome: Outcome
-    engine: str
-
-
 class LlmPerf:
     """What a test gets from the ``llm_perf`` fixture."""
 
     def __init__(
         self,
-        session: LlmPerfSession,
-        node: pytest.Item,
         *,
+        nodeid: str,
         model: str,
         backend: str,
         server: Server,
-        benchmark: Any,
+        settings: Settings,
+        judge: Judge,
+        record: Sink,
+        check_server: Callable[[], None],
+        warn: Callable[[str], None],
     ) -> None:
-        self._session = session
-        self._node = node
+        self.nodeid = nodeid
         self.model = model
         self.backend = backend
         self.server = server
-        self._benchmark = benchmark
+        self._settings = settings
+        self._judge = judge
+        self._record = record
+        self._check_server = check_server
+        self._warn = warn
         self.results: list[RunResult] = []
-        self._series: list[dict[str, Any]] = []
 
     def run(
         self,
@@ -90,14 +87,14 @@ class LlmPerf:
         *,
         warmup: int | None = None,
         rate: float | None = None,
-        arrival: str = "poisson",
+        arrival: Arrival = "poisson",
         seed: int = 0,
         timeout_s: float | None = None,
         adaptive: bool | None = None,
         target_rel_ci: float = 0.05,
     ) -> RunResult:
         """Measure one scenario and return its result (records and summary)."""
-        if self.results and self._benchmark is not None:
+        if self.results:
             raise ConfigError(
                 "llm_perf.run() was called twice in one test, but each test is one pytest-benchmark "
                 "entry: parametrize the test instead of looping inside it"
@@ -115,19 +112,21 @@ class LlmPerf:
             adaptive=adaptive,
             target_rel_ci=target_rel_ci,
         )
-        settings = self._session.settings
-        self._session.check_server(self.model, self.server)
-        result, died = self._measure(scenario)
-        engine = getattr(self.server, "engine_version", "") or ""
-        outcome = self._judge(result, engine)
-        self._session.record(TestResult(self._node.nodeid, result, outcome, engine))
-        # On the item, so the teardown report (which junitxml reads) carries them.
-        self._node.user_properties.extend(junit_properties(result, outcome))
+        self._check_server()
+        result, series, died = self._measure(scenario)
+        outcome = self._judge(result)
         self.results.append(result)
-        if self._benchmark is not None:
-            benchjson.record(self._benchmark, result, outcome, engine=engine)
-        if settings.telemetry_series:
-            self._write_series()
+        self._record(
+            CaseResult(
+                nodeid=self.nodeid,
+                run=result,
+                outcome=outcome,
+                engine=self.server.engine,
+                engine_version=self.server.engine_version,
+            )
+        )
+        if self._settings.telemetry_series:
+            self._write_series(series)
         if died is not None:
             raise died
         return result
@@ -141,7 +140,7 @@ class LlmPerf:
         requests: int | None,
         warmup: int | None,
         rate: float | None,
-        arrival: str,
+        arrival: Arrival,
         seed: int,
         timeout_s: float | None,
         adaptive: bool | None,
@@ -154,9 +153,8 @@ class LlmPerf:
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"llm_perf.run({name}={value!r}): {name} must be a whole number >= 1")
-        if arrival not in ("poisson", "constant"):
+        if arrival not in ARRIVALS:
             raise ConfigError(f"llm_perf.run(arrival={arrival!r}): use 'poisson' or 'constant'")
-        settings = self._session.settings
         n = requests if requests is not None else max(8, 2 * concurrency)
         return Scenario(
             input_tokens=input_tokens,
@@ -165,26 +163,26 @@ class LlmPerf:
             requests=n,
             warmup=warmup if warmup is not None else min(concurrency, 2),
             rate=rate,
-            arrival=arrival,  # type: ignore[arg-type]
+            arrival=arrival,
             seed=seed,
-            timeout_s=timeout_s if timeout_s is not None else settings.request_timeout_s,
-            adaptive=settings.adaptive if adaptive is None else adaptive,
+            timeout_s=timeout_s if timeout_s is not None else self._settings.request_timeout_s,
+            adaptive=self._settings.adaptive if adaptive is None else adaptive,
             target_rel_ci=target_rel_ci,
             min_requests=min(n, max(8, concurrency)),
         )
 
-    def _measure(self, scenario: Scenario) -> tuple[RunResult, ServerDiedError | None]:
+    def _measure(self, scenario: Scenario) -> tuple[RunResult, list[dict[str, Any]], ServerDiedError | None]:
         from pytest_llmperf import telemetry
         from pytest_llmperf.measure import runner
         from pytest_llmperf.measure.client import Target
 
-        settings = self._session.settings
+        settings = self._settings
         caps = self.server.capabilities
         target = Target(
             base_url=self.server.base_url,
             model=self.server.model,
             capabilities=caps,
-            headers=dict(getattr(self.server, "headers", {}) or {}),
+            headers=dict(self.server.headers),
         )
         sampler: telemetry.Sampler | None = None
         if settings.telemetry_interval_s > 0:
@@ -195,7 +193,7 @@ class LlmPerf:
                 ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
                 keep_series=settings.telemetry_series,
             )
-        log = RequestLog.open(settings.save_requests, self._node.nodeid, self.model, self.backend)
+        log = RequestLog.open(settings.save_requests, self.nodeid, self.model, self.backend)
         try:
             # Telemetry covers the measured window only: it starts when warm-up is over.
             result = runner.measure(
@@ -212,28 +210,23 @@ class LlmPerf:
                 sampler.stop()
         died: ServerDiedError | None = None
         try:
-            self._session.check_server(self.model, self.server)
+            self._check_server()
         except ServerDiedError as exc:
             died = exc
         if sampler is None or not sampler.started:
-            return result, died
+            return result, [], died
         for warning in sampler.warnings:
-            self._session.warn_once(warning)
-        self._series = [dict(point) for point in sampler.series()]
-        return dataclasses.replace(
-            result, extra={**result.extra, "telemetry": _telemetry(sampler, result)}
-        ), died
+            self._warn(warning)
+        series = [dict(point) for point in sampler.series()]
+        telemetry_summary = _telemetry(sampler, result)
+        return (
+            dataclasses.replace(result, extra={**result.extra, "telemetry": telemetry_summary}),
+            series,
+            died,
+        )
 
-    def _judge(self, result: RunResult, engine: str) -> Outcome:
-        try:
-            return self._session.gate.judge(
-                self._node, self.model, result, self._session.machine_info(), engine
-            )
-        except LlmPerfError as exc:
-            raise pytest.UsageError(str(exc)) from None
-
-    def _write_series(self) -> None:
-        directory = self._session.settings.save_requests or self._session.settings.report_dir
-        if directory is None or not self._series:
+    def _write_series(self, series: list[dict[str, Any]]) -> None:
+        directory = self._settings.save_requests or self._settings.report_dir
+        if directory is None or not series:
             return
-        RequestLog.write_series(directory, self._node.nodeid, self._series)
+        RequestLog.write_series(directory, self.nodeid, series)

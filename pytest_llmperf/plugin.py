@@ -41,7 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             kwargs["choices"] = option.choices
         group.addoption(option.flag, **kwargs)
         if option.ini_type is not None:
-            parser.addini(option.dest, option.help, type=option.ini_type)  # type: ignore[arg-type]
+            parser.addini(option.dest, option.help, type=option.ini_type)
+        if option.legacy_ini_key is not None:
+            parser.addini(option.legacy_ini_key, f"deprecated: use {option.dest}", type=option.ini_type)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -52,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         settings = resolve(
             lambda o: config.getoption(o.dest),
-            lambda o: config.getini(o.dest),
+            config.getini,
             load_pyproject(config.rootpath),
         )
     except ConfigError as exc:
@@ -68,6 +70,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = LlmPerfSession(config, settings)
     except LlmPerfError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    if SESSION_KEY not in config.stash:
+        return []
+    return [f"llmperf: {notice}" for notice in _session(config).settings.notices]
 
 
 def _session(config: pytest.Config) -> LlmPerfSession:

@@ -11,12 +11,42 @@ from the rest of the package.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 Api = Literal["completions", "chat", "ollama-generate", "ollama-chat"]
 Arrival = Literal["constant", "poisson"]
 ChunkTokensSource = Literal["usage", "one_per_chunk", "estimated"]
+OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid"]
+HardwareMode = Literal["warn", "fail", "ignore"]
+"""What a baseline from other hardware, engine or model does: a note, an invalid run, or nothing."""
+
+Progress = Callable[[str], None]
+"""Receives lines worth showing while something slow runs (a build, a server start, a model pull)."""
+
+HIGHER_IS_BETTER = frozenset({"output_tok_per_s"})
+"""Metrics where a lower figure is the regression."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the engine honours, so the client can ask for exact lengths.
+
+    ``extra_body`` is merged into every generation request (for example
+    ``{"ignore_eos": True}``); ``tokenize`` names the dialect of the server's
+    tokenizer endpoint, or is ``None`` when prompts must be calibrated from
+    ``usage``.
+    """
+
+    api: Api
+    exact_output: bool
+    usage_in_stream: bool
+    usage_per_chunk: bool = False
+    tokenize: str | None = None
+    metrics_path: str | None = None
+    extra_body: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -187,3 +217,78 @@ class RunResult:
     @property
     def measured(self) -> tuple[RequestRecord, ...]:
         return tuple(r for r in self.records if not r.warmup)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One metric against its baseline; ``change`` is relative (absolute for error_rate)."""
+
+    metric: str
+    baseline: float
+    current: float
+    change: float
+    low: float
+    high: float
+    tolerance: float
+    n_baseline: int
+    n_current: int
+    regressed: bool
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric in HIGHER_IS_BETTER
+
+    def reason(self, confidence: float = 0.95) -> str:
+        if self.metric == "error_rate":
+            return (
+                f"error_rate {self.current:.3g} vs baseline {self.baseline:.3g} "
+                f"(+{self.change:.3g}; tolerance +{self.tolerance:.3g})"
+            )
+        unit = "tok/s" if self.metric == "output_tok_per_s" else "ms"
+        name = "output_tok_per_s (per request)" if self.metric == "output_tok_per_s" else self.metric
+        sign = "-" if self.higher_is_better else "+"
+        high = "inf" if math.isinf(self.high) else f"{self.high:+.1%}"
+        return (
+            f"{name} {self.change:+.1%} vs baseline ({confidence:.0%} CI {self.low:+.1%}..{high}, "
+            f"tolerance {sign}{self.tolerance:.0%}; median {self.baseline:.4g} -> {self.current:.4g} {unit}, "
+            f"n={self.n_baseline}/{self.n_current})"
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verdict of one test: its kind, the reasons of that kind, and what else was seen.
+
+    ``notes`` are lines worth showing that do not decide the kind (a hardware
+    warning, a baseline of another case); ``comparisons`` are every metric
+    compared with the baseline, regressed or not, for reports.
+    """
+
+    kind: OutcomeKind
+    reasons: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.kind == "pass"
+
+    @property
+    def reason(self) -> str:
+        """The first reason, for one-line reports; empty on a pass."""
+        return self.reasons[0] if self.reasons else ""
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One test's measured run with its verdict: what the session keeps and the writers get.
+
+    ``engine`` is the serving engine's label (``llama.cpp``, ``vllm``) and
+    ``engine_version`` its version where the server reports one.
+    """
+
+    nodeid: str
+    run: RunResult
+    outcome: Outcome
+    engine: str
+    engine_version: str | None

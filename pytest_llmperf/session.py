@@ -24,10 +24,14 @@ from typing import Any
 
 import pytest
 
+from pytest_llmperf import schema
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
 from pytest_llmperf.judge.gate import Gate
-from pytest_llmperf.perf import LlmPerf, TestResult
+from pytest_llmperf.output import benchjson
+from pytest_llmperf.output.report import junit_properties
+from pytest_llmperf.perf import LlmPerf
+from pytest_llmperf.records import CaseResult, Outcome, RunResult
 from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
@@ -35,6 +39,7 @@ from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
 REDACTED = "<redacted: --llm-api-key-env>"
+CASES_KEY = pytest.StashKey[list[CaseResult]]()
 ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
 
 
@@ -58,7 +63,7 @@ class LlmPerfSession:
         # Fixed at configure time: pytest-benchmark compares machine_info at start and at save.
         self.server_info = {name: self._server_info(name) for name in self.model_names}
         self.dead: dict[str, str] = {}
-        self.results: list[TestResult] = []
+        self.results: list[CaseResult] = []
         self._warnings: list[str] = []
         self._log_dir: Path | None = None
         self._machine_info: dict[str, Any] | None = None
@@ -132,7 +137,8 @@ class LlmPerfSession:
                 print(f"[llmperf] {line}", file=sys.stderr)
 
     def start_server(self, model: str) -> Server:
-        from pytest_llmperf.servers import fit, get_backend
+        from pytest_llmperf.servers import fit
+        from pytest_llmperf.servers.backends import get_backend
 
         spec = self.specs[model]
         backend_name = self.backend_for(model)
@@ -216,28 +222,55 @@ class LlmPerfSession:
 
     # -- per test ---------------------------------------------------------------------------
 
-    def perf_for(self, node: pytest.Item, model: str, server: Server, benchmark: Any) -> LlmPerf:
+    def perf_for(self, item: pytest.Item, model: str, server: Server, benchmark: Any) -> LlmPerf:
+        """The fixture object for one test, wired to this session by narrow callables."""
+
+        def judge(result: RunResult) -> Outcome:
+            try:
+                return self.gate.judge(item, model, result, self.machine_info(), server.engine_version)
+            except LlmPerfError as exc:
+                raise pytest.UsageError(str(exc)) from None
+
+        def record(case: CaseResult) -> None:
+            self.record(item, benchmark, case)
+
         return LlmPerf(
-            self, node, model=model, backend=self.backend_for(model), server=server, benchmark=benchmark
+            nodeid=item.nodeid,
+            model=model,
+            backend=self.backend_for(model),
+            server=server,
+            settings=self.settings,
+            judge=judge,
+            record=record,
+            check_server=lambda: self.check_server(model, server),
+            warn=self.warn_once,
         )
 
-    def record(self, result: TestResult) -> None:
-        self.results.append(result)
+    def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
+        """Keep a finished case and write it where pytest's reports will read it."""
+        self.results.append(case)
+        item.stash.setdefault(CASES_KEY, []).append(case)
+        info = schema.llm_info(case.run, case.outcome, engine=case.engine, engine_version=case.engine_version)
+        e2e_s = [r.e2e_ns / 1e9 for r in case.run.measured if r.e2e_ns is not None]
+        benchjson.record(benchmark, info, e2e_s)
+        # On the item, so the teardown report (which junitxml reads) carries them.
+        item.user_properties.extend(junit_properties(case.run, case.outcome))
 
-    def results_for(self, nodeid: str) -> list[TestResult]:
-        return [r for r in self.results if r.nodeid == nodeid]
+    @staticmethod
+    def cases_of(item: pytest.Item) -> list[CaseResult]:
+        return item.stash.get(CASES_KEY, [])
 
     def enforce(self, item: pytest.Item) -> None:
-        failing = [r for r in self.results_for(item.nodeid) if r.outcome.kind != "pass"]
+        failing = [c for c in self.cases_of(item) if c.outcome.kind != "pass"]
         if not failing:
             return
-        reasons = [f"{r.outcome.kind}: {reason}" for r in failing for reason in r.outcome.reasons]
+        reasons = [f"{c.outcome.kind}: {reason}" for c in failing for reason in c.outcome.reasons]
         pytest.fail("\n".join(reasons), pytrace=False)
 
     def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
         if report.when != "call" or not report.failed:
             return
-        if any(r.outcome.kind == "invalid" for r in self.results_for(item.nodeid)):
+        if any(c.outcome.kind == "invalid" for c in self.cases_of(item)):
             report.llmperf_invalid = True  # type: ignore[attr-defined]
 
     def redact(self, report: pytest.TestReport) -> None:

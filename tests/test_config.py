@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.config import OPTIONS, Option, Settings, load_pyproject, resolve
+from pytest_llmperf.config import OPTIONS, Settings, load_pyproject, resolve
 from pytest_llmperf.errors import ConfigError
 
 
 def settings(cli: dict[str, object] | None = None, ini: dict[str, object] | None = None) -> Settings:
     cli, ini = cli or {}, ini or {}
-    return resolve(lambda o: cli.get(o.dest), lambda o: ini.get(o.dest, ""), {})
+    return resolve(lambda o: cli.get(o.dest), lambda key: ini.get(key, ""), {})
 
 
 def test_defaults() -> None:
@@ -28,23 +28,42 @@ def test_defaults() -> None:
 
 def test_command_line_beats_ini() -> None:
     s = settings(
-        {"llm_backend": "vllm", "llm_models": ["a", "b", "a"]}, {"llm_backend": "ollama", "llm_models": ["c"]}
+        {"llm_backend": "vllm", "llm_model": ["a", "b", "a"]}, {"llm_backend": "ollama", "llm_model": ["c"]}
     )
     assert s.backend == "vllm"
     assert s.models == ("a", "b")
 
 
 def test_ini_used_when_command_line_is_silent() -> None:
-    s = settings(ini={"llm_models": ["qwen2.5-7b"], "llm_start_timeout": "42"})
+    s = settings(ini={"llm_model": ["qwen2.5-7b"], "llm_start_timeout": "42"})
     assert s.models == ("qwen2.5-7b",)
     assert s.start_timeout_s == 42.0
+
+
+def test_every_ini_key_is_its_flag_without_dashes() -> None:
+    assert {o.flag: o.dest for o in OPTIONS if o.ini_type is not None}["--llm-model"] == "llm_model"
+    assert all(o.dest == o.flag[2:].replace("-", "_") for o in OPTIONS)
+
+
+def test_the_plural_ini_keys_of_0_1_still_work_with_a_notice() -> None:
+    s = settings(ini={"llm_models": ["qwen2.5-7b"], "llm_budgets": ["ttft_ms_p95=500"]})
+    assert s.models == ("qwen2.5-7b",)
+    assert s.budgets == ("ttft_ms_p95=500",)
+    assert s.notices == (
+        "ini key llm_models is deprecated and will stop working in the next release: "
+        "rename it to llm_model (the flag --llm-model without its dashes)",
+        "ini key llm_budgets is deprecated and will stop working in the next release: "
+        "rename it to llm_budget (the flag --llm-budget without its dashes)",
+    )
+    assert settings(ini={"llm_model": ["a"], "llm_models": ["b"]}).models == ("a",)
+    assert settings(ini={"llm_model": ["a"]}).notices == ()
 
 
 def test_pairs_are_parsed() -> None:
     s = settings(
         {
-            "llm_budgets": ["ttft_ms_p95=500", "error_rate_max = 0"],
-            "llm_server_options": ["tensor_parallel_size=2"],
+            "llm_budget": ["ttft_ms_p95=500", "error_rate_max = 0"],
+            "llm_server_option": ["tensor_parallel_size=2"],
         }
     )
     assert s.budgets == ("ttft_ms_p95=500", "error_rate_max = 0")
@@ -73,7 +92,6 @@ def test_bad_values_say_what_to_type(cli: dict[str, object], message: str) -> No
 
 def test_every_option_has_help_and_an_ini_key_or_is_a_command() -> None:
     for option in OPTIONS:
-        assert isinstance(option, Option)
         assert option.flag.startswith("--llm-")
         assert option.help
         assert option.ini_type is not None or option.dest == "llm_fit"

@@ -2,11 +2,11 @@
 
 A baseline is pytest-benchmark's own JSON (``.benchmarks/<machine-id>/NNNN_*.json``
 from ``--benchmark-autosave``) whose ``llm_perf`` entries carry
-``extra_info["llm"]`` at ``SCHEMA`` and whose ``machine_info["llmperf"]``
-describes the hardware and engines (``LlmMachineInfo``). This module resolves
-a ``--benchmark-compare`` value to a file exactly as pytest-benchmark's file
-storage does, validates the document, indexes entries by ``fullname``, and
-derives the per-request samples that a baseline stores and a comparison needs.
+``extra_info["llm"]`` in a layout ``schema`` can read and whose
+``machine_info["llmperf"]`` describes the hardware and engines. This module
+resolves a ``--benchmark-compare`` value to a file exactly as
+pytest-benchmark's file storage does, validates the document against the
+layout ``schema`` owns, and indexes entries by ``fullname``.
 
 It raises ``BaselineError`` with what to do for every unusable file. It must
 not compare runs or decide outcomes (that is ``verdict``), and it must not
@@ -21,94 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
 from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.records import RunResult
-
-SCHEMA = 1
-"""Version of ``extra_info["llm"]`` and ``machine_info["llmperf"]`` this module reads and expects."""
-
-SAMPLE_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms", "output_tok_per_s")
-DIST_METRICS: tuple[str, ...] = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
-DIST_STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean", "min", "max", "stddev")
-REQUIRED_LLM_KEYS: tuple[str, ...] = (
-    "model",
-    "backend",
-    "input_tokens",
-    "output_tokens",
-    "concurrency",
-    "requests",
-    *DIST_METRICS,
-    "output_tok_per_s",
-    "total_tok_per_s",
-    "request_per_s",
-    "error_rate",
-    "samples",
-    "schema",
+from pytest_llmperf.schema import (
+    DIST_METRICS,
+    DIST_STATS,
+    READABLE_SCHEMAS,
+    REQUIRED_LLM_KEYS,
+    SAMPLE_METRICS,
+    SCHEMA,
 )
-
-
-class ServerInfo(TypedDict, total=False):
-    """``machine_info["llmperf"]["servers"][<model>]``: what served one model."""
-
-    backend: str
-    engine: str
-    engine_version: str | None
-    model_id: str | None
-    model_revision: str | None
-
-
-class LlmMachineInfo(TypedDict, total=False):
-    """``machine_info["llmperf"]``: the fields a hardware-aware comparison reads.
-
-    ``gpu_name`` is ``None`` and ``gpu_count`` 0 on a machine without a GPU;
-    ``servers`` and ``engines`` (a model's engine and version as one string)
-    are keyed by model name. Other keys may be present and are not compared.
-    """
-
-    schema: int
-    gpu_name: str | None
-    gpu_count: int
-    gpu_driver: str | None
-    servers: dict[str, ServerInfo]
-    engines: dict[str, str]
-
-
-class LlmSamples(TypedDict):
-    """``extra_info["llm"]["samples"]``: one value per measured, successful request."""
-
-    ttft_ms: list[float]
-    tpot_ms: list[float]
-    e2e_ms: list[float]
-    itl_ms: list[float]
-    output_tok_per_s: list[float]
-
-
-def request_samples(result: RunResult) -> LlmSamples:
-    """Per-request figures of a run, as stored in a baseline and compared by ``verdict``.
-
-    ``itl_ms`` is each request's mean inter-token gap (one value per request,
-    so both runs' samples are independent draws of the same thing) and
-    ``output_tok_per_s`` each request's output tokens over its E2E. Warm-up and
-    failed requests are left out; a request adds to a list only where the
-    figure is defined (no TPOT for a one-token answer).
-    """
-    samples = LlmSamples(ttft_ms=[], tpot_ms=[], e2e_ms=[], itl_ms=[], output_tok_per_s=[])
-    for record in result.measured:
-        ttft, e2e, tpot = record.ttft_ns, record.e2e_ns, record.tpot_ns
-        if ttft is None or e2e is None:
-            continue
-        samples["ttft_ms"].append(ttft / 1e6)
-        samples["e2e_ms"].append(e2e / 1e6)
-        if tpot is not None:
-            samples["tpot_ms"].append(tpot / 1e6)
-        gaps = record.itl_ns
-        if gaps:
-            samples["itl_ms"].append(sum(gaps) / len(gaps) / 1e6)
-        if record.output_tokens and e2e > 0:
-            samples["output_tok_per_s"].append(record.output_tokens / (e2e / 1e9))
-    return samples
 
 
 @dataclass(frozen=True)
@@ -123,11 +46,6 @@ class Baseline:
         """``extra_info["llm"]`` of the entry for this test, or ``None`` if the baseline lacks it."""
         entry = self.entries.get(fullname)
         return None if entry is None else entry["extra_info"]["llm"]
-
-    @property
-    def llmperf_info(self) -> LlmMachineInfo | None:
-        info = self.machine_info.get("llmperf")
-        return info if isinstance(info, dict) else None  # type: ignore[return-value]
 
 
 def _fail(source: str, problem: str, todo: str) -> BaselineError:
@@ -148,14 +66,17 @@ def _check_llm(source: str, fullname: str, llm: object) -> None:
     if "schema" not in llm:
         raise _fail(
             source,
-            f"{where} has no extra_info.llm.schema (written before pytest-llmperf schema {SCHEMA})",
+            f"{where} has no extra_info.llm.schema (written before pytest-llmperf schema 1)",
             _RECREATE,
         )
-    if llm["schema"] != SCHEMA:
+    if llm["schema"] not in READABLE_SCHEMAS:
         newer = _is_number(llm["schema"]) and llm["schema"] > SCHEMA
         todo = "upgrade pytest-llmperf, or " + _RECREATE if newer else _RECREATE
         raise _fail(
-            source, f"{where} has extra_info.llm.schema {llm['schema']!r}, this version reads {SCHEMA}", todo
+            source,
+            f"{where} has extra_info.llm.schema {llm['schema']!r}, this version reads "
+            + " and ".join(map(str, READABLE_SCHEMAS)),
+            todo,
         )
     missing = [key for key in REQUIRED_LLM_KEYS if key not in llm]
     if missing:

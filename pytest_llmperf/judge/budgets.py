@@ -22,7 +22,6 @@ read files, know about pytest, or decide outcomes (that is ``verdict``).
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -310,19 +309,6 @@ def parse_cli(values: Sequence[str] | Mapping[str, str], source: str = "--llm-bu
             else:
                 pairs.append((key, raw))
     return _layer(presets, pairs, source)
-
-
-def budget_option(value: str) -> str:
-    """``type=`` for ``--llm-budget``: checks the value at parse time, returns it unchanged.
-
-    Raises ``argparse.ArgumentTypeError`` so pytest reports a usage error that
-    names the option; the plugin collects the strings and calls :func:`parse_cli`.
-    """
-    try:
-        parse_cli([value])
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
 
 
 def merge_budgets(

@@ -17,7 +17,8 @@ import pytest
 from pytest_llmperf.config import Settings
 from pytest_llmperf.judge import budgets, verdict
 from pytest_llmperf.judge.baseline import Baseline, load_baseline, resolve_compare
-from pytest_llmperf.records import RunResult
+from pytest_llmperf.records import Outcome, RunResult
+from pytest_llmperf.schema import engine_version_of
 
 
 class Gate:
@@ -50,19 +51,24 @@ class Gate:
         return budgets.merge_budgets(self.per_model.get(model), marker, self.cli)
 
     def judge(
-        self, node: pytest.Item, model: str, result: RunResult, machine_info: Mapping[str, Any], engine: str
-    ) -> verdict.Outcome:
+        self,
+        node: pytest.Item,
+        model: str,
+        result: RunResult,
+        machine_info: Mapping[str, Any],
+        engine_version: str | None,
+    ) -> Outcome:
         baseline = self.baseline
         entry = baseline.llm(node.nodeid) if baseline is not None else None
         hardware = None
         if baseline is not None and entry is not None:
-            # The engine version is known per test (extra_info.llm.engine), not in machine_info.
+            # The engine version is known once the server runs: per test in extra_info.llm.
             hardware = verdict.check_hardware(
-                _with_engine(baseline.machine_info.get("llmperf"), model, entry.get("engine")),
-                _with_engine(machine_info, model, engine),
+                _with_engine(baseline.machine_info.get("llmperf"), model, engine_version_of(entry)),
+                _with_engine(machine_info, model, engine_version),
                 model,
-                mode=self._settings.hardware_mismatch,  # type: ignore[arg-type]
-            )  # fmt: skip
+                mode=self._settings.hardware_mismatch,
+            )
         return verdict.judge(
             result,
             self.budgets_for(node, model),

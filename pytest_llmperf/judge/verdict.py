@@ -22,23 +22,18 @@ This module must not read files or know about pytest; it only computes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist, median
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.judge.baseline import SAMPLE_METRICS, LlmSamples, request_samples
 from pytest_llmperf.judge.budgets import Budgets
-from pytest_llmperf.records import RunResult
+from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, HardwareMode, Outcome, RunResult
+from pytest_llmperf.schema import SAMPLE_METRICS, LlmSamples, request_samples
 
-OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid"]
-HardwareMode = Literal["warn", "fail", "ignore"]
-
-HIGHER_IS_BETTER = frozenset({"output_tok_per_s"})
 THIN_TO = 400
 """Larger samples are thinned to evenly spaced order statistics: keeps O(n*m) small, only widens the CI."""
 
@@ -113,15 +108,6 @@ def parse_tolerances(
     return dataclasses.replace(base, **changes)
 
 
-def tolerance_option(value: str) -> str:
-    """``type=`` for ``--llm-tolerance METRIC=PERCENT``: checks it, returns it unchanged."""
-    try:
-        parse_tolerances([value])
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
-
-
 @dataclass(frozen=True)
 class Shift:
     """Hodges-Lehmann ratio current/baseline and its confidence interval (may be 0..inf)."""
@@ -160,42 +146,6 @@ def shift_ci(baseline: Sequence[float], current: Sequence[float], confidence: fl
     k = math.floor(total / 2 - z * math.sqrt(total * (n + m + 1) / 12))
     low, high = (math.exp(diffs[k - 1]), math.exp(diffs[total - k])) if k >= 1 else (0.0, math.inf)
     return Shift(math.exp(median(diffs)), low, high, m, n)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One metric against its baseline; ``change`` is relative (absolute for error_rate)."""
-
-    metric: str
-    baseline: float
-    current: float
-    change: float
-    low: float
-    high: float
-    tolerance: float
-    n_baseline: int
-    n_current: int
-    regressed: bool
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.metric in HIGHER_IS_BETTER
-
-    def reason(self, confidence: float = 0.95) -> str:
-        if self.metric == "error_rate":
-            return (
-                f"error_rate {self.current:.3g} vs baseline {self.baseline:.3g} "
-                f"(+{self.change:.3g}; tolerance +{self.tolerance:.3g})"
-            )
-        unit = "tok/s" if self.metric == "output_tok_per_s" else "ms"
-        name = "output_tok_per_s (per request)" if self.metric == "output_tok_per_s" else self.metric
-        sign = "-" if self.higher_is_better else "+"
-        high = "inf" if math.isinf(self.high) else f"{self.high:+.1%}"
-        return (
-            f"{name} {self.change:+.1%} vs baseline ({confidence:.0%} CI {self.low:+.1%}..{high}, "
-            f"tolerance {sign}{self.tolerance:.0%}; median {self.baseline:.4g} -> {self.current:.4g} {unit}, "
-            f"n={self.n_baseline}/{self.n_current})"
-        )
 
 
 def compare_samples(
@@ -290,7 +240,7 @@ def check_hardware(
     ``host.cpu_model`` and ``host.cpu_count_logical``, or pytest-benchmark's
     ``cpu.brand_raw`` and ``cpu.count`` where ``host`` is absent), then the
     model's entry in ``servers`` (backend, engine, engine_version, model_id,
-    model_revision) and its string in ``engines``. Pass both whole
+    model_revision). Pass both whole
     machine_info dicts. A field is compared only where both runs recorded it;
     a whole ``llmperf`` section missing on one side is reported.
     """
@@ -315,7 +265,6 @@ def check_hardware(
     old_srv = (old.get("servers") or {}).get(model) or {}
     new_srv = (new.get("servers") or {}).get(model) or {}
     diffs += _field_diffs(old_srv, new_srv, _SERVER_FIELDS, f"{model} ")
-    diffs += _field_diffs(old.get("engines") or {}, new.get("engines") or {}, [model], "engine of ")
     return HardwareCheck(tuple(diffs), mode)
 
 
@@ -330,30 +279,6 @@ def scenario_mismatch(baseline_llm: Mapping[str, Any], result: RunResult) -> str
     }
     diffs = [f"{k} {baseline_llm.get(k)!r} -> {v!r}" for k, v in now.items() if baseline_llm.get(k) != v]
     return "baseline measured another case, not compared: " + "; ".join(diffs) if diffs else None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The verdict of one test: its kind, the reasons of that kind, and what else was seen.
-
-    ``notes`` are lines worth showing that do not decide the kind (a hardware
-    warning, a baseline of another case); ``comparisons`` are every metric
-    compared with the baseline, regressed or not, for reports.
-    """
-
-    kind: OutcomeKind
-    reasons: tuple[str, ...] = ()
-    notes: tuple[str, ...] = ()
-    comparisons: tuple[Comparison, ...] = ()
-
-    @property
-    def passed(self) -> bool:
-        return self.kind == "pass"
-
-    @property
-    def reason(self) -> str:
-        """The first reason, for one-line reports; empty on a pass."""
-        return self.reasons[0] if self.reasons else ""
 
 
 def judge(

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pytest_llmperf.measure.wire import Parsed, Read, parse_response
-from pytest_llmperf.records import Api, RequestRecord
-from pytest_llmperf.servers.base import Capabilities
+from pytest_llmperf.records import Api, Capabilities, RequestRecord
 
 _now = time.perf_counter_ns
 

@@ -39,8 +39,8 @@ class Finished(Protocol):
     def record(self) -> RequestRecord: ...
 
 
-SendFn = Callable[[int, int, bool], Awaitable[Finished]]
-"""``send(index, scheduled_ns, warmup)``: issue request ``index``, return once it has ended."""
+SendFn = Callable[[int, int], Awaitable[Finished]]
+"""``send(index, scheduled_ns)``: issue request ``index``, return once it has ended."""
 
 LAG_INTERVAL_S = 0.02
 
@@ -158,7 +158,7 @@ class _Run:
             while next_index < end and not (self.stop and not warmup):
                 i = next_index
                 next_index += 1
-                self.queue.put_nowait(await self.send(i, _now(), warmup))
+                self.queue.put_nowait(await self.send(i, _now()))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
 
@@ -169,7 +169,7 @@ class _Run:
 
         async def one(i: int, due: int) -> None:
             try:
-                self.queue.put_nowait(await self.send(i, due, False))
+                self.queue.put_nowait(await self.send(i, due))
             finally:
                 slots.release()
 

@@ -129,7 +129,7 @@ def run_prepared(
 ) -> loadgen.LoadResult:
     """Run the load for requests already built (warm-up ones first) on a fresh loop."""
 
-    async def send(index: int, scheduled_ns: int, warmup: bool) -> client.Exchange:
+    async def send(index: int, scheduled_ns: int) -> client.Exchange:
         return await client.exchange(prepared[index], scheduled_ns=scheduled_ns, timeout_s=scenario.timeout_s)
 
     # The collector would pause the loop mid-stream (tens of thousands of

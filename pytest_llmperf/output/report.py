@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llmperf.judge.verdict import Outcome
-from pytest_llmperf.records import RunResult
+from pytest_llmperf.records import Outcome, RunResult
 
 MARKDOWN_NAME = "llmperf-summary.md"
 _BADGES = {

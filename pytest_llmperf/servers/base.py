@@ -29,29 +29,10 @@ from typing import Protocol
 import psutil
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
-from pytest_llmperf.records import Api
+from pytest_llmperf.records import Capabilities
 from pytest_llmperf.servers.models import ModelSpec
 
 LOG_TAIL_LINES = 40
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What the engine honours, so the client can ask for exact lengths.
-
-    ``extra_body`` is merged into every generation request (for example
-    ``{"ignore_eos": True}``); ``tokenize`` names the dialect of the server's
-    tokenizer endpoint, or is ``None`` when prompts must be calibrated from
-    ``usage``.
-    """
-
-    api: Api
-    exact_output: bool
-    usage_in_stream: bool
-    usage_per_chunk: bool = False
-    tokenize: str | None = None
-    metrics_path: str | None = None
-    extra_body: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,6 +71,16 @@ class Server(Protocol):
 
     @property
     def backend(self) -> str: ...
+
+    @property
+    def engine(self) -> str:
+        """The engine's label: ``llama.cpp``, ``vllm``, ``ollama``, ``openai-compatible``."""
+        ...
+
+    @property
+    def engine_version(self) -> str | None:
+        """The engine's version as it reports it, or ``None`` when it does not say."""
+        ...
 
     @property
     def model(self) -> str:

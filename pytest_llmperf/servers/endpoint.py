@@ -20,18 +20,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
-from pytest_llmperf.servers.base import LOG_TAIL_LINES, Capabilities, LaunchRequest, http_status
+from pytest_llmperf.records import Capabilities, Progress
+from pytest_llmperf.servers.base import LOG_TAIL_LINES, LaunchRequest, http_status
 from pytest_llmperf.servers.models import ModelSpec
 
 OPTIONS = ("api", "ignore_eos", "usage_in_stream", "metrics_path", "model")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-Progress = Callable[[str], None]
 
 
 def normalize_base_url(url: str) -> str:

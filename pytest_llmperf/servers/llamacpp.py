@@ -17,14 +17,13 @@ import importlib
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
+from pytest_llmperf.records import Capabilities, Progress
 from pytest_llmperf.servers import llamacpp_build
 from pytest_llmperf.servers.base import (
-    Capabilities,
     LaunchRequest,
     ManagedProcess,
     StartedServer,
@@ -43,8 +42,6 @@ CAPABILITIES = Capabilities(
     metrics_path="/metrics",
     extra_body={"ignore_eos": True, "cache_prompt": False},
 )
-
-Progress = Callable[[str], None]
 
 
 def resolve_gguf(spec: ModelSpec) -> Path:

@@ -22,10 +22,11 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_llmperf.errors import BuildError
+from pytest_llmperf.records import Progress
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 BUILD_TAG = f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}-portable"
@@ -38,8 +39,6 @@ CMAKE_FLAGS = (
     "-DLLAMA_CURL=OFF",
     "-DBUILD_SHARED_LIBS=OFF",
 )
-
-Progress = Callable[[str], None]
 
 
 def cache_root() -> Path:

@@ -46,11 +46,6 @@ class ModelSpec:
     gguf: str | None = None
     default_backend: str = "vllm"
 
-    @property
-    def architecture_known(self) -> bool:
-        """True when weights and KV cache can both be estimated."""
-        return None not in (self.params_b, self.layers, self.kv_heads, self.head_dim)
-
 
 DEFAULT_MODEL = "gemma3-270m"
 

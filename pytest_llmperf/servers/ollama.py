@@ -20,14 +20,14 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
+from pytest_llmperf.records import Capabilities, Progress
 from pytest_llmperf.servers.base import (
     LOG_TAIL_LINES,
-    Capabilities,
     LaunchRequest,
     ManagedProcess,
     free_port,
@@ -41,19 +41,6 @@ OPTIONS = ("api",)
 CONTEXT_HEADROOM = 64
 #: Seconds without a progress line before a pull counts as stalled.
 PULL_IDLE_TIMEOUT_S = 300.0
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """One entry of ``/api/ps``: a model Ollama holds in memory."""
-
-    name: str
-    size_bytes: int
-    size_vram_bytes: int
-    context_length: int | None
-    expires_at: str | None
 
 
 def normalize_url(value: str) -> str:
@@ -84,27 +71,6 @@ def capabilities(api: str, num_ctx: int) -> Capabilities:
         # small default context (2048 or 4096) and truncates long prompts.
         extra_body={"options": {"temperature": 0, "num_ctx": num_ctx}},
     )
-
-
-def ollama_ps(base_url: str, timeout_s: float = 2.0) -> tuple[LoadedModel, ...]:
-    """Models Ollama holds in memory, for telemetry; empty if it does not answer."""
-    try:
-        data = _get_json(base_url + "/api/ps", timeout_s)
-    except (OSError, ValueError):
-        return ()
-    out = []
-    for entry in _entries(data, "models"):
-        ctx = entry.get("context_length")
-        out.append(
-            LoadedModel(
-                name=str(entry.get("name") or entry.get("model") or ""),
-                size_bytes=_int(entry.get("size")),
-                size_vram_bytes=_int(entry.get("size_vram")),
-                context_length=int(ctx) if isinstance(ctx, int) else None,
-                expires_at=str(entry["expires_at"]) if entry.get("expires_at") else None,
-            )
-        )
-    return tuple(out)
 
 
 def has_model(base_url: str, tag: str) -> bool:
@@ -232,9 +198,6 @@ class OllamaServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
-
-    def loaded(self) -> tuple[LoadedModel, ...]:
-        return ollama_ps(self.base_url)
 
 
 class OllamaBackend:

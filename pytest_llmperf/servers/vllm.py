@@ -23,13 +23,13 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.records import Capabilities, Progress
 from pytest_llmperf.servers.base import (
-    Capabilities,
     LaunchRequest,
     ManagedProcess,
     StartedServer,
@@ -64,8 +64,6 @@ CONTEXT_HEADROOM = 64
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

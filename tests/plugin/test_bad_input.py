@@ -119,7 +119,7 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
         ["--llm-baseline=v99.json"],
         {"v99.json": json.dumps(FROM_SCHEMA_99)},
         "ERROR: baseline v99.json: entry 'test_x.py::test_x[[]gemma3-270m[]]' has extra_info.llm.schema 99, "
-        "this version reads 1; upgrade pytest-llmperf, or re-create it with --benchmark-autosave*",
+        "this version reads 1 and 2; upgrade pytest-llmperf, or re-create it with --benchmark-autosave*",
     ),
     (
         "baseline-missing",

@@ -19,7 +19,7 @@ from pytest_llmperf.telemetry.host import HostReading
 from pytest_llmperf.telemetry.promtext import Histogram, Sample
 from pytest_llmperf.telemetry.servermetrics import MetricsWatcher, OllamaWatcher, digest, gauges
 
-DATA = Path(__file__).parent / "data" / "telemetry"
+DATA = Path(__file__).parents[1] / "data" / "telemetry"
 
 
 def page(name: str) -> str:

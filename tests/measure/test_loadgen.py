@@ -35,14 +35,17 @@ class Done:
 class FakeServer:
     """Counts requests in flight; each ends after 1-6 loop turns (seeded)."""
 
-    def __init__(self, seed: int = 0, gap_ns: Callable[[int], int] = lambda i: 1_000) -> None:
+    def __init__(
+        self, seed: int = 0, gap_ns: Callable[[int], int] = lambda i: 1_000, warmups: int = 0
+    ) -> None:
+        self.warmups = warmups  # requests 0..warmups-1 are warm-up ones, as the runner prepares them
         self.in_flight = 0
         self.max_in_flight = 0
         self.at_send: list[int] = []  # requests in flight just after each send
         self.rng = random.Random(seed)
         self.gap_ns = gap_ns
 
-    async def send(self, index: int, scheduled_ns: int, warmup: bool) -> Done:
+    async def send(self, index: int, scheduled_ns: int) -> Done:
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self.at_send.append(self.in_flight)
@@ -64,7 +67,7 @@ class FakeServer:
             chunk_tokens=(1, 1, 1),
             input_tokens=8,
             output_tokens=3,
-            warmup=warmup,
+            warmup=index < self.warmups,
         )
         return Done(rec)
 
@@ -83,7 +86,7 @@ def test_closed_loop_keeps_exactly_c_in_flight(concurrency: int) -> None:
 
 
 def test_warmup_runs_first_and_is_excluded() -> None:
-    fake = FakeServer()
+    fake = FakeServer(warmups=3)
     seen: list[RequestRecord] = []
     sc = Scenario(input_tokens=8, output_tokens=3, concurrency=2, requests=6, warmup=3)
     result = asyncio.run(run_load(fake.send, sc, on_record=seen.append))

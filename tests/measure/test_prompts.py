@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
 
 import pytest
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.measure import prompts, runner
 from pytest_llmperf.records import Api, Scenario
-from pytest_llmperf.servers.base import Capabilities
-from pytest_llmperf.testing.harness import DetServer, running_detserver
+from pytest_llmperf.testing.harness import DetServer
 
 
 def fake_counter(calls: list[str] | None = None) -> prompts.Counter:
@@ -52,12 +50,6 @@ def test_fit_prompt_repairs_multi_token_words() -> None:
 def test_words_for_draws_a_line_through_two_probes() -> None:
     assert prompts.words_for(128, (8, 9), (127, 128)) == 127  # one token per word, BOS
     assert prompts.words_for(101, (10, 25), (50, 105)) == 48  # two tokens per word, 5 overhead
-
-
-@pytest.fixture(scope="module")
-def det(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
-    with running_detserver(tmp_path_factory.mktemp("det"), ttft_ms=2, itl_ms=1) as server:
-        yield server
 
 
 def server_count(det: DetServer, api: Api, text: str) -> int:
@@ -104,5 +96,4 @@ def test_below_the_template_overhead_is_a_usage_error(det: DetServer) -> None:
 
 def test_no_tokenizer_dialect_means_calibration(det: DetServer) -> None:
     caps = dataclasses.replace(det.capabilities("completions"), tokenize=None)
-    assert isinstance(caps, Capabilities)
     assert prompts.tokenizer_counter(dataclasses.replace(det.target(), capabilities=caps)) is None

@@ -38,9 +38,9 @@ from pytest_llmperf.measure.client import Target, prepare, send
 from pytest_llmperf.servers import ollama
 from pytest_llmperf.servers.base import LaunchRequest, free_port
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.testing.harness import DetServer, running_detserver
+from pytest_llmperf.testing.harness import DetServer
 
-PULL_TRANSCRIPT = (Path(__file__).parent / "data" / "ollama" / "pull_llama3.1-8b.ndjson").read_bytes()
+PULL_TRANSCRIPT = (Path(__file__).parents[1] / "data" / "ollama" / "pull_llama3.1-8b.ndjson").read_bytes()
 
 EXPECTED_PROGRESS = [
     "ollama pull llama3.1:8b: not on the server yet, pulling it",
@@ -171,16 +171,7 @@ def test_a_missing_model_is_pulled_with_progress_then_loaded_with_the_session_co
 
 # -- attach to a running server (the detserver stand-in) ----------------------------------
 
-
-@pytest.fixture(scope="module")
-def det(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
-    with running_detserver(
-        tmp_path_factory.mktemp("det"), ttft_ms=5, itl_ms=1, model="stand-in:1b"
-    ) as server:
-        yield server
-
-
-STAND_IN = ModelSpec(name="stand-in", context=2048, ollama="stand-in:1b")
+STAND_IN = ModelSpec(name="stand-in", context=2048, ollama="detserver")
 
 
 def test_attach_by_url_measures_with_the_native_api(det: DetServer, tmp_path: Path) -> None:
@@ -205,9 +196,7 @@ def test_attach_by_url_measures_with_the_native_api(det: DetServer, tmp_path: Pa
     assert det.alive()  # attached servers are not ours to stop
 
 
-def test_attach_through_ollama_host_and_read_ps(
-    det: DetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_attach_through_ollama_host(det: DetServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OLLAMA_HOST", det.base_url.removeprefix("http://"))
     lines: list[str] = []
     server = ollama.OllamaBackend(progress=lines.append).launch(launch_request(tmp_path, STAND_IN))
@@ -216,10 +205,6 @@ def test_attach_through_ollama_host_and_read_ps(
     assert lines == [
         f"using the Ollama server already running at {det.base_url}; its OLLAMA_NUM_PARALLEL is its own"
     ]
-    assert server.loaded() == (
-        ollama.LoadedModel(name="stand-in:1b", size_bytes=1, size_vram_bytes=0, context_length=4096,
-                           expires_at="2099-01-01T00:00:00Z"),
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -246,7 +231,7 @@ with open(os.environ["FAKE_OLLAMA_RECORD"], "w") as out:
     json.dump({{k: v for k, v in os.environ.items() if k.startswith("OLLAMA_")}}, out)
 port = os.environ["OLLAMA_HOST"].rsplit(":", 1)[1]
 os.execv(sys.executable, [sys.executable, "-m", "pytest_llmperf.testing.detserver", "--port", port,
-                          "--model", "stand-in:1b", "--ttft-ms", "5", "--itl-ms", "1"])
+                          "--model", "detserver", "--ttft-ms", "5", "--itl-ms", "1"])
 """
 
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_llmperf import servers
 from pytest_llmperf.errors import ConfigError, ServerStartError
 from pytest_llmperf.measure.client import Target, prepare, send
-from pytest_llmperf.servers import endpoint, get_backend
+from pytest_llmperf.servers import backends as servers
+from pytest_llmperf.servers import endpoint
 from pytest_llmperf.servers import vllm as vllm_backend
+from pytest_llmperf.servers.backends import get_backend
 from pytest_llmperf.servers.base import LaunchRequest, free_port
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.testing.harness import DetServer, running_detserver
+from pytest_llmperf.testing.harness import DetServer
 
 PY_CMD = ["/opt/py/bin/python", "-m", vllm_backend.API_SERVER_MODULE]
 SPEC = ModelSpec(name="m", params_b=1, layers=2, kv_heads=2, head_dim=64, context=4096, vllm="org/m")
@@ -226,12 +226,6 @@ def test_vllm_refuses_a_base_url(tmp_path: Path) -> None:
 
 
 # -- openai: attach to a running endpoint --------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def det(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
-    with running_detserver(tmp_path_factory.mktemp("det"), ttft_ms=5, itl_ms=1) as server:
-        yield server
 
 
 def attach(det: DetServer, tmp_path: Path, spec: ModelSpec, **kw: Any) -> endpoint.EndpointServer:

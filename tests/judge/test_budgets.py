@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from pytest_llmperf.errors import ConfigError
@@ -12,7 +10,6 @@ from pytest_llmperf.judge.budgets import (
     PRESETS,
     Budget,
     Budgets,
-    budget_option,
     merge_budgets,
     parse_cli,
     parse_marker,
@@ -176,12 +173,6 @@ def test_cli_mistakes(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_cli([value])
     assert message in str(info.value)
-
-
-def test_budget_option_is_an_argparse_type() -> None:
-    assert budget_option("ttft_ms_p95=500") == "ttft_ms_p95=500"
-    with pytest.raises(argparse.ArgumentTypeError, match="unknown budget key 'latency'"):
-        budget_option("latency=5")
 
 
 def test_pyproject_tables_per_model() -> None:

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pytest_llmperf.measure import client
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.records import Api, RequestRecord
-from pytest_llmperf.servers.base import Capabilities, free_port
+from pytest_llmperf.records import Api, Capabilities, RequestRecord
+from pytest_llmperf.servers.base import free_port
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 APIS: list[Api] = ["completions", "chat", "ollama-generate", "ollama-chat"]
@@ -31,12 +30,6 @@ def send(
         target, PROMPT, request_id=request_id, scenario="t", input_tokens=6, max_tokens=max_tokens
     )
     return asyncio.run(client.send(prepared, scheduled_ns=time.perf_counter_ns(), timeout_s=timeout_s))
-
-
-@pytest.fixture(scope="module")
-def det(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
-    with running_detserver(tmp_path_factory.mktemp("det"), ttft_ms=20, itl_ms=2) as server:
-        yield server
 
 
 @pytest.mark.parametrize("usage_per_chunk", [False, True])

@@ -70,7 +70,8 @@ def processes_with(marker: str) -> list[psutil.Process]:
 
 
 def llama_servers_with(marker: str) -> list[psutil.Process]:
-    return [p for p in processes_with(marker) if "llama-server" in " ".join(p.cmdline()[:1])]
+    # The command line read with the process list: one that exits in between is a zombie by now.
+    return [p for p in processes_with(marker) if "llama-server" in " ".join(p.info["cmdline"][:1])]
 
 
 def attach_args(server: DetServer, *, backend: str = "openai") -> list[str]:

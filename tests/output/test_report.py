@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.judge.verdict import Outcome
 from pytest_llmperf.output.report import (
     MARKDOWN_NAME,
     PLOT_NAMES,
@@ -20,7 +19,7 @@ from pytest_llmperf.output.report import (
     write_markdown,
     write_plots,
 )
-from pytest_llmperf.records import Distribution, RunResult, Scenario, Summary
+from pytest_llmperf.records import Distribution, Outcome, RunResult, Scenario, Summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,0 +1,198 @@
+"""The ``extra_info["llm"]`` and ``machine_info["llmperf"]`` layouts: one owner, read and written.
+
+pytest-benchmark stores whatever a test puts in ``extra_info``; ours is a
+public contract (the README's "JSON contract"): keys are added, never
+renamed, and ``schema`` says which layout a file holds. The writer
+(``output.benchjson``) builds entries with :func:`llm_info`, and the
+baseline reader (``judge.baseline``) checks them against
+:data:`REQUIRED_LLM_KEYS` and :data:`READABLE_SCHEMAS`, so the two cannot
+drift apart.
+
+Schema history: 1 had ``engine`` holding the engine *version*; 2 names the
+engine label ``engine`` (``llama.cpp``) and its version ``engine_version``.
+:func:`engine_version_of` reads either.
+
+This module only shapes values: no I/O, and nothing from the stages but
+the records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
+from pytest_llmperf.records import Distribution, Outcome, RunResult
+
+SCHEMA = 2
+"""Version of ``extra_info["llm"]`` this package writes."""
+READABLE_SCHEMAS = (1, 2)
+"""Versions a baseline may carry and still be compared."""
+
+SAMPLE_METRICS: tuple[str, ...] = ("ttft_ms", "tpot_ms", "e2e_ms", "itl_ms", "output_tok_per_s")
+DIST_METRICS: tuple[str, ...] = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
+DIST_STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean", "min", "max", "stddev")
+REQUIRED_LLM_KEYS: tuple[str, ...] = (
+    "model",
+    "backend",
+    "input_tokens",
+    "output_tokens",
+    "concurrency",
+    "requests",
+    *DIST_METRICS,
+    "output_tok_per_s",
+    "total_tok_per_s",
+    "request_per_s",
+    "error_rate",
+    "samples",
+    "schema",
+)
+
+DistJson = dict[str, float]
+
+
+class LlmSamples(TypedDict):
+    """``extra_info["llm"]["samples"]``: one value per measured, successful request."""
+
+    ttft_ms: list[float]
+    tpot_ms: list[float]
+    e2e_ms: list[float]
+    itl_ms: list[float]
+    output_tok_per_s: list[float]
+
+
+class LlmInfo(TypedDict, total=False):
+    """``extra_info["llm"]`` of one test (the README documents every key)."""
+
+    schema: int
+    model: str
+    backend: str
+    engine: str
+    engine_version: str | None
+    input_tokens: int
+    output_tokens: int
+    concurrency: int
+    requests: int
+    rate: float | None
+    ttft_ms: DistJson | None
+    itl_ms: DistJson | None
+    tpot_ms: DistJson | None
+    e2e_ms: DistJson | None
+    queue_ms: DistJson | None
+    output_tok_per_s: float | None
+    total_tok_per_s: float | None
+    request_per_s: float | None
+    error_rate: float
+    errors: int
+    completed: int
+    output_length_misses: int
+    input_tokens_mean: float | None
+    output_tokens_mean: float | None
+    duration_s: float
+    outcome: str
+    reasons: list[str]
+    invalid: list[str]
+    loop_lag_ms: DistJson | None
+    samples: LlmSamples
+    telemetry: object
+
+
+class ServerInfo(TypedDict, total=False):
+    """``machine_info["llmperf"]["servers"][<model>]``: what served one model."""
+
+    backend: str
+    engine: str
+    engine_version: str | None
+    model_id: str | None
+    model_revision: str | None
+
+
+class LlmMachineInfo(TypedDict, total=False):
+    """``machine_info["llmperf"]``: the fields a hardware-aware comparison reads.
+
+    ``gpu_name`` is ``None`` and ``gpu_count`` 0 on a machine without a GPU;
+    ``servers`` is keyed by model name. Other keys may be present and are not
+    compared.
+    """
+
+    schema: int
+    gpu_name: str | None
+    gpu_count: int
+    gpu_driver: str | None
+    servers: dict[str, ServerInfo]
+    host: dict[str, Any]
+
+
+def request_samples(result: RunResult) -> LlmSamples:
+    """Per-request figures of a run, as stored in a baseline and compared by the verdict.
+
+    ``itl_ms`` is each request's mean inter-token gap (one value per request,
+    so both runs' samples are independent draws of the same thing) and
+    ``output_tok_per_s`` each request's output tokens over its E2E. Warm-up and
+    failed requests are left out; a request adds to a list only where the
+    figure is defined (no TPOT for a one-token answer).
+    """
+    samples = LlmSamples(ttft_ms=[], tpot_ms=[], e2e_ms=[], itl_ms=[], output_tok_per_s=[])
+    for record in result.measured:
+        ttft, e2e, tpot = record.ttft_ns, record.e2e_ns, record.tpot_ns
+        if ttft is None or e2e is None:
+            continue
+        samples["ttft_ms"].append(ttft / 1e6)
+        samples["e2e_ms"].append(e2e / 1e6)
+        if tpot is not None:
+            samples["tpot_ms"].append(tpot / 1e6)
+        gaps = record.itl_ns
+        if gaps:
+            samples["itl_ms"].append(sum(gaps) / len(gaps) / 1e6)
+        if record.output_tokens and e2e > 0:
+            samples["output_tok_per_s"].append(record.output_tokens / (e2e / 1e9))
+    return samples
+
+
+def _dist(d: Distribution | None) -> DistJson | None:
+    return d.as_dict() if d is not None else None
+
+
+def llm_info(
+    result: RunResult, outcome: Outcome | None, *, engine: str = "", engine_version: str | None = None
+) -> LlmInfo:
+    """The ``extra_info["llm"]`` entry of one measured test."""
+    s, sc = result.summary, result.scenario
+    return LlmInfo(
+        schema=SCHEMA,
+        model=result.model,
+        backend=result.backend,
+        engine=engine,
+        engine_version=engine_version,
+        input_tokens=sc.input_tokens,
+        output_tokens=sc.output_tokens,
+        concurrency=sc.concurrency,
+        requests=s.requests,
+        rate=sc.rate,
+        ttft_ms=_dist(s.ttft_ms),
+        itl_ms=_dist(s.itl_ms),
+        tpot_ms=_dist(s.tpot_ms),
+        e2e_ms=_dist(s.e2e_ms),
+        queue_ms=_dist(s.queue_ms),
+        output_tok_per_s=s.output_tok_per_s,
+        total_tok_per_s=s.total_tok_per_s,
+        request_per_s=s.request_per_s,
+        error_rate=s.error_rate,
+        errors=s.errors,
+        completed=s.completed,
+        output_length_misses=s.output_length_misses,
+        input_tokens_mean=s.input_tokens_mean,
+        output_tokens_mean=s.output_tokens_mean,
+        duration_s=s.duration_s,
+        outcome=outcome.kind if outcome is not None else "pass",
+        reasons=list(outcome.reasons) if outcome is not None else [],
+        invalid=list(result.invalid),
+        loop_lag_ms=_dist(result.loop_lag_ms),
+        samples=request_samples(result),
+        telemetry=result.extra.get("telemetry", {}),
+    )
+
+
+def engine_version_of(llm: Mapping[str, Any]) -> str | None:
+    """The engine version an entry recorded: ``engine_version`` (schema 2) or ``engine`` (schema 1)."""
+    value = llm.get("engine_version") if llm.get("schema") != 1 else llm.get("engine")
+    return str(value) if value else None

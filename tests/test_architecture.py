@@ -1,0 +1,176 @@
+"""The pipeline's shape, checked: imports go one way, and nothing imports in a cycle.
+
+Every ``import`` of the package is read from the source (lazy ones inside
+functions and ``TYPE_CHECKING`` blocks too: a cycle hidden in a function is
+still a cycle). Each module may import only what its stage allows; the
+table below is the architecture sketch in the README, made checkable.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import pytest_llmperf
+
+PACKAGE = Path(pytest_llmperf.__file__).parent
+LEAVES = ("pytest_llmperf.records", "pytest_llmperf.errors")
+
+# module or package prefix -> prefixes it may import (besides itself, for a package)
+ALLOWED: dict[str, tuple[str, ...]] = {
+    "pytest_llmperf.records": (),
+    "pytest_llmperf.errors": (),
+    "pytest_llmperf.schema": LEAVES,
+    "pytest_llmperf.measure": LEAVES,
+    "pytest_llmperf.telemetry": LEAVES,
+    "pytest_llmperf.servers": LEAVES,
+    "pytest_llmperf.judge": (*LEAVES, "pytest_llmperf.schema", "pytest_llmperf.measure"),
+    "pytest_llmperf.judge.gate": (
+        *LEAVES,
+        "pytest_llmperf.schema",
+        "pytest_llmperf.measure",
+        "pytest_llmperf.judge",
+        "pytest_llmperf.config",
+    ),
+    "pytest_llmperf.output": (*LEAVES, "pytest_llmperf.schema"),
+    "pytest_llmperf.testing": (*LEAVES, "pytest_llmperf.measure", "pytest_llmperf.servers"),
+    "pytest_llmperf.config": (*LEAVES, "pytest_llmperf.servers"),
+    "pytest_llmperf.perf": (
+        *LEAVES,
+        "pytest_llmperf.schema",
+        "pytest_llmperf.config",
+        "pytest_llmperf.measure",
+        "pytest_llmperf.judge",
+        "pytest_llmperf.output",
+        "pytest_llmperf.servers",
+        "pytest_llmperf.telemetry",
+    ),
+    "pytest_llmperf.session": ("pytest_llmperf",),  # anything but the plugin (checked below)
+    "pytest_llmperf.plugin": ("pytest_llmperf",),
+    "pytest_llmperf": LEAVES,  # __init__
+}
+PYTEST_ALLOWED = ("pytest_llmperf.plugin", "pytest_llmperf.session", "pytest_llmperf.judge.gate")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(module: str) -> set[str]:
+    """The package modules ``module`` imports, anywhere in its source."""
+    tree = ast.parse(MODULES[module].read_text("utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pkg import mod` imports the module pkg.mod; `from mod import name` imports mod.
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        found.update(n for n in names if n == "pytest_llmperf" or n.startswith("pytest_llmperf."))
+    found.discard(module)
+    return found
+
+
+def imports_pytest(module: str) -> bool:
+    tree = ast.parse(MODULES[module].read_text("utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "pytest" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "pytest":
+            return True
+    return False
+
+
+GRAPH = {module: imports_of(module) for module in MODULES}
+
+
+def rule_for(module: str) -> str:
+    """The most specific entry of ``ALLOWED`` that covers ``module``."""
+    covering = [key for key in ALLOWED if module == key or module.startswith(key + ".")]
+    return max(covering, key=len)
+
+
+def within(target: str, prefix: str) -> bool:
+    return target == prefix or target.startswith(prefix + ".")
+
+
+def violations(module: str, targets: set[str]) -> list[str]:
+    """The imports in ``targets`` that ``module``'s stage does not allow."""
+    rule = rule_for(module)
+    is_package = MODULES[module].name == "__init__.py"
+    own = rule if is_package or rule != module else rule.rsplit(".", 1)[0]
+    allowed = ALLOWED[rule] if own == "pytest_llmperf" else (*ALLOWED[rule], own)
+    banned = {"pytest_llmperf.plugin"} if module == "pytest_llmperf.session" else set()
+    if module not in ("pytest_llmperf.plugin", "pytest_llmperf.session"):
+        banned = {"pytest_llmperf.plugin", "pytest_llmperf.session"}
+    return sorted(t for t in targets if t in banned or not any(within(t, prefix) for prefix in allowed))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_module_imports_only_what_its_stage_allows(module: str) -> None:
+    assert violations(module, GRAPH[module]) == [], f"{module} ({rule_for(module)} stage)"
+
+
+def test_only_the_pytest_glue_imports_pytest() -> None:
+    assert sorted(m for m in MODULES if imports_pytest(m)) == sorted(PYTEST_ALLOWED)
+
+
+def test_no_import_cycle() -> None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(GRAPH[module]):
+            if target not in MODULES:
+                continue
+            if state.get(target) == 1:
+                cycle = [*path[path.index(target) :], target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(MODULES):
+        if module not in state:
+            visit(module)
+
+
+@pytest.mark.parametrize(
+    ("module", "target"),
+    [
+        ("pytest_llmperf.perf", "pytest_llmperf.session"),
+        ("pytest_llmperf.perf", "pytest_llmperf.plugin"),
+        ("pytest_llmperf.measure.client", "pytest_llmperf.servers.base"),
+        ("pytest_llmperf.measure.runner", "pytest_llmperf.session"),
+        ("pytest_llmperf.judge.verdict", "pytest_llmperf.output.report"),
+        ("pytest_llmperf.output.report", "pytest_llmperf.judge.verdict"),
+        ("pytest_llmperf.judge.gate", "pytest_llmperf.plugin"),
+        ("pytest_llmperf.testing.harness", "pytest_llmperf.session"),
+        ("pytest_llmperf.session", "pytest_llmperf.plugin"),
+        ("pytest_llmperf.records", "pytest_llmperf.errors"),
+    ],
+)
+def test_the_checker_refuses_an_upward_import(module: str, target: str) -> None:
+    assert violations(module, {target}) == [target]
+
+
+def test_the_checker_allows_the_downward_ones() -> None:
+    assert violations("pytest_llmperf.perf", {"pytest_llmperf.measure.runner", "pytest_llmperf.judge"}) == []
+    assert violations("pytest_llmperf.session", {"pytest_llmperf.perf"}) == []
+    assert violations("pytest_llmperf.output.benchjson", {"pytest_llmperf.schema"}) == []
