@@ -131,7 +131,9 @@ class LlamaCppBackend:
                 "--metrics", "--no-webui",
                 *request.extra_args,
             ]  # fmt: skip
-            log_path = request.log_dir / f"llama-server-{spec.name}-{port}.log"
+            # An ad-hoc GGUF's model name is its path: flatten it, as vllm.py does for "org/name",
+            # or the log lands in directories nested under log_dir.
+            log_path = request.log_dir / f"llama-server-{spec.name.replace('/', '_')}-{port}.log"
             process = ManagedProcess(argv, log_path=log_path, env=server_env())
             base_url = f"http://127.0.0.1:{port}"
             try:

@@ -102,7 +102,15 @@ class NvmlReader:
     def _server_mem(self, handle: object, server_pids: Collection[int]) -> int | None:
         if not server_pids:
             return None
-        procs = self._field(lambda: list(self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)))
+        try:
+            procs = self._field(lambda: list(self._nvml.nvmlDeviceGetComputeRunningProcesses(handle)))
+        except Exception as exc:
+            # nvidia-ml-py asks for the _v3 process list and, where the driver's NVML predates it
+            # (before R510), raises NVMLLibraryMismatchError, not an NVMLError: this one figure is
+            # absent, the GPU is fine, so it must not stop the other GPU fields.
+            if type(exc).__name__ == "NVMLLibraryMismatchError":
+                return None
+            raise
         # usedGpuMemory is None where the driver cannot attribute memory (WDDM, some MIG setups).
         known = [
             int(p.usedGpuMemory) for p in procs or () if p.pid in server_pids and p.usedGpuMemory is not None

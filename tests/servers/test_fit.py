@@ -217,11 +217,18 @@ def test_the_fit_table_lists_models_precisions_and_card_counts() -> None:
     rows = [line.split() for line in text.splitlines()]
     assert rows[0][:4] == ["Memory", "needed", "at", "context"]
     assert text.splitlines()[1] == "This machine: 1 x 24 GB free."
-    assert [c.name for c in COMMON_GPUS] == ["T4 16 GB", "L4 24 GB", "A100 40 GB", "A100 80 GB", "H100 80 GB"]
+    assert [c.name for c in COMMON_GPUS] == [
+        "T4 16 GB",
+        "L4 24 GB",
+        "A100 40 GB",
+        "A100 80 GB",
+        "H100 80 GB",
+        "H200 141 GB",
+    ]
     body = [" ".join(r) for r in rows[4:]]
     assert body == [
-        "llama3.1-8b bf16 16 GB 2.1 GB 20 GB yes (1 x) 2 x 1 x 1 x 1 x 1 x",
-        "llama3.1-8b q4_k_m 4.8 GB 2.1 GB 8.2 GB yes (1 x) 1 x 1 x 1 x 1 x 1 x",
-        "llama3.1-70b bf16 141 GB 5.4 GB 155 GB no - 8 x 4 x 2 x 2 x",
-        "llama3.1-70b q4_k_m 42 GB 5.4 GB 51 GB no 4 x 4 x 2 x 1 x 1 x",
+        "llama3.1-8b bf16 16 GB 2.1 GB 20 GB yes (1 x) 2 x 1 x 1 x 1 x 1 x 1 x",
+        "llama3.1-8b q4_k_m 4.8 GB 2.1 GB 8.2 GB yes (1 x) 1 x 1 x 1 x 1 x 1 x 1 x",
+        "llama3.1-70b bf16 141 GB 5.4 GB 155 GB no - 8 x 4 x 2 x 2 x 2 x",
+        "llama3.1-70b q4_k_m 42 GB 5.4 GB 51 GB no 4 x 4 x 2 x 1 x 1 x 1 x",
     ]

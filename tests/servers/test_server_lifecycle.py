@@ -17,7 +17,7 @@ import pytest
 from pytest_llmperf.errors import ConfigError, ServerDiedError, ServerStartError
 from pytest_llmperf.servers import llamacpp
 from pytest_llmperf.servers.base import LaunchRequest, ManagedProcess, free_port, http_status
-from pytest_llmperf.servers.models import ModelSpec
+from pytest_llmperf.servers.models import ModelSpec, lookup
 
 SPAWNS_CHILD = """
 import subprocess, sys, time
@@ -153,6 +153,31 @@ def test_broken_server_binary_fails_start_with_its_output(tmp_path: Path) -> Non
         llamacpp.LlamaCppBackend().launch(request)
     assert "exited with code 1" in str(info.value)
     assert "error: unknown argument" in str(info.value)
+
+
+def test_a_gguf_path_as_the_model_logs_straight_into_the_log_dir(tmp_path: Path) -> None:
+    # --llm-model=/models/m.gguf makes an ad-hoc model whose name is that path; its
+    # server log must not become llmperf-logs/llama-server-/models/m.gguf-PORT.log.
+    fake = tmp_path / "llama-server"
+    fake.write_text("#!/bin/sh\necho 'error: unknown argument' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    gguf = tmp_path / "models" / "m.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF")
+    logs = tmp_path / "logs"
+    request = LaunchRequest(
+        model=lookup(str(gguf)),
+        max_concurrency=1,
+        max_context=256,
+        log_dir=logs,
+        start_timeout_s=30,
+        executable=str(fake),
+    )
+    with pytest.raises(ServerStartError):
+        llamacpp.LlamaCppBackend().launch(request)
+    written = [p for p in logs.rglob("*") if p.is_file()]
+    assert [p.parent for p in written] == [logs]
+    assert "error: unknown argument" in written[0].read_text()
 
 
 def test_hugging_face_gguf_says_to_download_it() -> None:

@@ -193,6 +193,23 @@ def test_nvml_reader_converts_units_and_matches_server_processes() -> None:
     assert reader.read(set())[0].server_mem_bytes is None
 
 
+class NVMLLibraryMismatchError(Exception):
+    """pynvml's own name for "the driver's NVML has no _v3 process query"; not an NVMLError."""
+
+
+class OldDriverNvml(FakeNvml):
+    def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[_Obj]:
+        raise NVMLLibraryMismatchError("Unversioned function called and the pyNVML version does not match")
+
+
+def test_nvml_reader_without_the_process_query_keeps_every_other_field() -> None:
+    fake = OldDriverNvml(recording())
+    reader = NvmlReader(fake)
+    fake.tick = 3
+    h100, _ = reader.read({4242})
+    assert h100 == GpuReading(0, 99.0, 72535932928, 700.0, 21000, 63.0, 1740.0, 36, None)
+
+
 def test_nvml_reader_raises_when_the_gpu_is_lost() -> None:
     fake = FakeNvml(recording())
     reader = NvmlReader(fake)
