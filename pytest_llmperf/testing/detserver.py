@@ -17,10 +17,15 @@ produces exactly ``max_tokens`` / ``num_predict`` tokens (ignore_eos implied),
 token k at ``ttft + k * itl`` after the request arrived, and appends one JSON
 line per request to the stamp log: the ``x-request-id``, and the
 ``perf_counter_ns`` of the first token write (CLOCK_MONOTONIC, comparable
-across processes on Linux) and optionally of every write. Faults (``--fault``)
-make it misbehave on purpose for reliability tests; ``--api-key-env VAR``
-makes ``/v1/*`` answer 401 without ``Authorization: Bearer $VAR``, as vLLM's
-``--api-key`` does.
+across processes on Linux), optionally of every write, and optionally the
+prompt text (``--log-prompts``). Faults (``--fault``) make it misbehave on
+purpose for reliability tests; ``http401``, ``http429`` and ``http503`` answer
+every *streamed* generation request with that status and OpenAI's error body
+(non-streamed probes are served, as a rate-limited endpoint serves some).
+``--api-key-env VAR`` makes ``/v1/*`` answer 401 without ``Authorization:
+Bearer $VAR``, as vLLM's ``--api-key`` does; ``--basic-auth-env VAR`` (VAR
+holding ``user:password``) wants HTTP basic auth instead, as a server behind a
+proxy with ``http://user:password@host`` credentials does.
 
 This module must not import the rest of the package beyond the standard
 library and uvloop: it is the reference the client is measured against.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -42,7 +48,16 @@ from typing import IO, Any
 from pytest_llmperf.testing import wireformats as wf
 
 _now = time.perf_counter_ns
-FAULTS = ("http500", "malformed", "truncate", "hang", "slow", "ignore-max-tokens", "early-eos")
+FAULTS = (
+    "http500",
+    "malformed",
+    "truncate",
+    "hang",
+    "slow",
+    "ignore-max-tokens",
+    "early-eos",
+    *wf.HTTP_FAULTS,
+)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
@@ -66,6 +81,13 @@ class Config:
         self.api_key: str | None = os.environ.get(ns.api_key_env) if ns.api_key_env else None
         if ns.api_key_env and not self.api_key:
             raise SystemExit(f"--api-key-env {ns.api_key_env}: that environment variable is not set")
+        self.authorization: str | None = f"Bearer {self.api_key}" if self.api_key else None
+        if ns.basic_auth_env:
+            pair = os.environ.get(ns.basic_auth_env)
+            if not pair or ":" not in pair:
+                raise SystemExit(f"--basic-auth-env {ns.basic_auth_env}: set it to user:password")
+            self.authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+        self.log_prompts: bool = ns.log_prompts
         if ns.fault:
             if ns.fault.startswith("die-after="):
                 self.die_after = int(ns.fault.split("=", 1)[1])
@@ -128,6 +150,7 @@ class Generation:
         faulty = (self.seq % cfg.fault_every) == cfg.fault_every - 1
         self.fault = cfg.fault if faulty else None
         self.shape = wf.Shape(api, cfg.model, body, self.seq)
+        self.prompt = self.shape.prompt_text(body) if cfg.log_prompts else None
         n = self.shape.max_tokens
         if self.fault == "ignore-max-tokens":
             n += max(1, n // 4)
@@ -157,6 +180,10 @@ class Generation:
     def start(self) -> None:
         if self.fault == "http500":
             self.conn.respond(500, self.shape.error_body(), self.shape.json_type, done=self)
+            return
+        if self.fault in wf.HTTP_FAULTS and self.shape.stream:
+            status, body = self.shape.http_fault_body(self.fault)
+            self.conn.respond(status, body, self.shape.json_type, done=self)
             return
         if self.fault == "hang":
             return
@@ -228,6 +255,9 @@ class Generation:
             }
             if aborted:
                 entry["aborted"] = True
+            if self.prompt is not None:
+                entry["prompt"] = self.prompt
+                entry["stream"] = self.shape.stream
             if st.cfg.stamp_tokens:
                 entry["token_ns"] = self.token_ns
             st.log.write(json.dumps(entry, separators=(",", ":")) + "\n")
@@ -288,8 +318,8 @@ class Connection(asyncio.Protocol):
 
     def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes, recv_ns: int) -> None:
         st = self.state
-        key = st.cfg.api_key
-        if key is not None and path.startswith("/v1/") and headers.get("authorization") != f"Bearer {key}":
+        wanted = st.cfg.authorization
+        if wanted is not None and path.startswith("/v1/") and headers.get("authorization") != wanted:
             self.respond(401, b'{"error":"Unauthorized"}', "application/json")
             return
         api = wf.GENERATE.get(path)
@@ -374,6 +404,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--api-key-env", default=None, help="require Authorization: Bearer $VAR on /v1/* (401 otherwise)"
     )
+    p.add_argument(
+        "--basic-auth-env",
+        default=None,
+        help="require HTTP basic auth with $VAR (user:password) on /v1/* (401 otherwise)",
+    )
+    p.add_argument("--log-prompts", action="store_true", help="also log each request's prompt text")
     return p.parse_args(argv)
 
 

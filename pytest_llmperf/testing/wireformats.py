@@ -27,7 +27,27 @@ _WORDS = tuple(
     f" {w}"
     for w in ["the", "model", "said", "that", "a", "fast", "server", "streams", "each", "token", "on", "time"]
 )
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+# OpenAI's error body (``{"error": {"message", "type", "param", "code"}}``) for the HTTP
+# faults; the messages are OpenAI's own wording for each status.
+HTTP_FAULTS: dict[str, tuple[int, str, str, str | None]] = {
+    "http401": (401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    "http429": (
+        429,
+        "Rate limit reached for requests per min (RPM): Limit 3, Used 3, Requested 1.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    "http503": (503, "The engine is currently overloaded, please try again later", "server_error", None),
+}
 _DIGEST = "a2af6cc3eb7fa8be8504abaf9b04e88f17a119ec3f04a3addf55f92841195f5a"
 
 
@@ -273,6 +293,20 @@ class Shape:
         return _json(
             {"object": "error", "message": msg, "type": "InternalServerError", "param": None, "code": 500}
         )
+
+    def http_fault_body(self, fault: str) -> tuple[int, bytes]:
+        """Status and OpenAI-shaped error body of an ``http401/429/503`` fault."""
+        status, message, kind, code = HTTP_FAULTS[fault]
+        if self.ollama:
+            return status, _json({"error": message})
+        return status, _json({"error": {"message": message, "type": kind, "param": None, "code": code}})
+
+    def prompt_text(self, body: dict[str, Any]) -> str:
+        """The prompt as sent: the completion prompt, or the chat messages' contents joined."""
+        if "prompt" in body:
+            return str(body["prompt"])
+        messages = body.get("messages")
+        return "\n".join(str(m.get("content", "")) for m in messages or [] if isinstance(m, dict))
 
     def broken(self) -> bytes:
         if self.ollama:

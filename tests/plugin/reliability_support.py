@@ -79,14 +79,22 @@ def attach_args(server: DetServer, *, backend: str = "openai") -> list[str]:
     return [f"--llm-backend={backend}", f"--llm-base-url={server.base_url}", f"--llm-model={server.model}"]
 
 
+INI_WARNINGS_ARE_ERRORS = "[pytest]\nfilterwarnings = error\n"
+"""An inner project's ini, as the README's users (and this repository) have it."""
+
+
 def bench_entries(path: Path) -> dict[str, dict[str, Any]]:
-    """``extra_info["llm"]`` of every entry of a pytest-benchmark JSON, by test name."""
+    """``extra_info["llm"]`` of every entry of a pytest-benchmark JSON, by test name.
+
+    Tests whose every request failed have no E2E for pytest-benchmark's stats; their
+    entries are in ``llmperf_unmeasured``, read here too.
+    """
     data = json.loads(path.read_text())
-    return {b["name"]: b["extra_info"]["llm"] for b in data["benchmarks"]}
+    entries = [*data["benchmarks"], *data.get("llmperf_unmeasured", [])]
+    return {b["name"]: b["extra_info"]["llm"] for b in entries}
 
 
-def request_lines(directory: Path) -> list[dict[str, Any]]:
-    """Every ``--llm-save-requests`` line in ``directory``, with the file stem as ``_file``."""
+def _jsonl(directory: Path) -> list[dict[str, Any]]:
     lines = []
     for path in sorted(directory.glob("*.jsonl")):
         if path.name.endswith(".telemetry.jsonl"):
@@ -95,6 +103,16 @@ def request_lines(directory: Path) -> list[dict[str, Any]]:
             if raw.strip():
                 lines.append({**json.loads(raw), "_file": path.stem})
     return lines
+
+
+def request_lines(directory: Path) -> list[dict[str, Any]]:
+    """Every request line of ``--llm-save-requests`` in ``directory``, with the file stem as ``_file``."""
+    return [line for line in _jsonl(directory) if line.get("kind", "request") == "request"]
+
+
+def outcome_lines(directory: Path) -> dict[str, dict[str, Any]]:
+    """The final ``{"kind": "outcome"}`` line of each test's JSONL, by node id."""
+    return {line["nodeid"]: line for line in _jsonl(directory) if line.get("kind") == "outcome"}
 
 
 def wait_until(condition: Any, timeout_s: float, what: str, poll_s: float = 0.1) -> None:

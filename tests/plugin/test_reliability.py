@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import urllib.request
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from reliability_support import (
+    INI_WARNINGS_ARE_ERRORS,
     bench_entries,
     ensure_embedded_default,
     llama_servers_with,
@@ -45,6 +47,10 @@ def test_first(llm_perf):
 def test_second(llm_perf):
     llm_perf.run(input_tokens=16, output_tokens=4, requests=2)
 """
+
+
+def cases_of(junit: Path) -> dict[str | None, ET.Element]:
+    return {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,11 +82,23 @@ def test_a_server_that_cannot_load_its_model_errors_and_other_models_still_run(
 
     # The broken model's tests error (its server failed to start); the other model runs after it.
     result.assert_outcomes(passed=2, errors=2)
+    # The first test's error carries the whole reason and the log tail, once, without a traceback...
     result.stdout.fnmatch_lines(
         [
-            "*ServerStartError: llama-server for broken exited with code 1 before it became healthy; "
-            "log *llama-server-broken-*.log, last lines:",
+            "*llama-server for broken exited with code 1 before it became healthy "
+            "(log *llama-server-broken-*.log); last lines of its log:",
             "*failed to load model*",
+        ]
+    )
+    text = result.stdout.str()
+    assert text.count("failed to load model") == 1
+    assert "Traceback" not in text
+    assert "llamacpp.py" not in text  # no frame of ours
+    # ...and the next test of that model says it in one line.
+    result.stdout.fnmatch_lines(
+        [
+            "*llama-server for broken could not start; its reason and log are in the error of "
+            "test_two.py::test_first[[]broken[]] above*"
         ]
     )
     result.stdout.fnmatch_lines(
@@ -140,8 +158,8 @@ def test_a_server_not_healthy_within_the_start_timeout_is_stopped_with_its_log_t
     result.assert_outcomes(errors=2, passed=1)  # test_zz_after: nothing left while pytest still ran
     result.stdout.fnmatch_lines(
         [
-            "*ServerStartError: llama-server for gemma3-270m did not become healthy within 3 s "
-            "(raise --llm-start-timeout if it is just slow); log *.log, last lines:",
+            "*llama-server for gemma3-270m did not become healthy within 3 s "
+            "(raise --llm-start-timeout if it is just slow; log *.log); last lines of its log:",
             "*load_model: loading model*",
         ]
     )
@@ -192,24 +210,42 @@ def test_a_server_killed_mid_run_fails_its_test_keeps_its_results_and_spares_oth
     # errors at once; the other model's tests run and pass.
     result.assert_outcomes(passed=2, failed=1, errors=1)
     died = (
-        "E * pytest_llmperf.errors.ServerDiedError: llama-server for gemma3-270m (pid *) exited with "
-        "code -9; log *llama-server-gemma3-270m-*.log, last lines:"
+        "llama-server for gemma3-270m (pid *) exited with code -9 (log *llama-server-gemma3-270m-*.log); "
+        "last lines of its log:"
     )
-    log_line = "E * I slot *"  # llama-server's own log, as it was when the server died
-    result.stdout.fnmatch_lines([died, log_line, died, log_line])
+    log_line = "* I slot *"  # llama-server's own log, as it was when the server died
+    result.stdout.fnmatch_lines([died, log_line])
+    # The next test of that model: one line, pointing at the first one's reason.
+    result.stdout.fnmatch_lines(
+        [
+            "*llama-server for gemma3-270m died; its reason and log are in the failure of "
+            "test_kill.py::test_first[[]gemma3-270m[]] above*"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
             "FAILED test_kill.py::test_first[[]gemma3-270m[]]*",
             "ERROR test_kill.py::test_second[[]gemma3-270m[]]*",
         ]
     )
-    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    # pytest failed the test, and so does every artifact: not "pass" beside an error rate.
+    table = result.stdout.str().split("llmperf summary", 1)[1]
+    assert re.search(r"^gemma3-270m\s+test_first\[gemma3-270m\]\s.*\sfail$", table, re.M), table
+    assert re.search(r"^gemma3-270m\s+test_second\[gemma3-270m\]\s.*\serror$", table, re.M), table
+    props = {
+        p.get("name"): p.get("value") for p in cases_of(junit)["test_first[gemma3-270m]"].iter("property")
+    }
+    assert props["llm_outcome"] == "fail"
+    cases = cases_of(junit)
     assert float(cases["test_second[gemma3-270m]"].get("time", "nan")) < 1.0  # errors fast
     assert cases["test_first[gemma-twin]"].find("failure") is None
 
     # What was measured before the kill is in the benchmark JSON and the request log.
     entries = bench_entries(bench)
     killed = entries["test_first[gemma3-270m]"]
+    assert killed["outcome"] == "fail"
+    assert killed["reasons"][0].startswith("llama-server for gemma3-270m (pid ")
     assert killed["completed"] >= 3
     assert killed["errors"] >= 1
     assert killed["completed"] + killed["errors"] == 8
@@ -239,6 +275,7 @@ def test_a_stopped_pytest_leaves_no_server_and_keeps_its_results(
     pytester: pytest.Pytester, tmp_path: Path, marker: str, signum: signal.Signals
 ) -> None:
     requests, bench, left = tmp_path / "requests", tmp_path / "bench.json", tmp_path / "left-at-exit.json"
+    pytester.makeini(INI_WARNINGS_ARE_ERRORS)  # a warning would end the session in a traceback
     pytester.makepyfile(test_stop=LONG_SECOND_TEST, test_zz_after=SERVERS_LEFT.format(marker=marker))
     pytester.makeconftest(LEFT_AT_EXIT.format(report=str(left)))
     proc = pytest_popen(
@@ -272,6 +309,8 @@ def test_a_stopped_pytest_leaves_no_server_and_keeps_its_results(
     else:
         assert code == pytest.ExitCode.INTERRUPTED, output
         assert "KeyboardInterrupt" in output
+        assert "Traceback" not in output
+        assert "Warning" not in output
         # The session stopped its server (process group) before pytest exited, not the
         # parent-death signal after: none was left at pytest's last hook.
         assert json.loads(left.read_text()) == []
@@ -298,7 +337,7 @@ def data_received(self, data):
     # transport callback (uvloop swallows exceptions raised there).
     global reads
     reads += 1
-    if reads == 300:  # well into test_b_long
+    if reads == {at_read}:
         os.kill(os.getpid(), signal.SIGTERM)
     original(self, data)
 
@@ -306,24 +345,35 @@ client._Stream.data_received = data_received
 """
 
 
+# 300: well into test_b_long, after test_a_quick was measured; 1: the very first response read,
+# before any test measured anything (pytest-benchmark then has nothing to save).
+@pytest.mark.parametrize("at_read", [300, 1], ids=["after-a-measured-test", "before-any-measurement"])
 def test_a_sigterm_that_lands_in_a_transport_callback_still_stops_the_run(
-    pytester: pytest.Pytester, tmp_path: Path
+    pytester: pytest.Pytester, tmp_path: Path, at_read: int
 ) -> None:
     # The signal's timing is made exact with the detserver (16 tokens 10 ms apart per request,
     # so test_b_long's 500 requests would run for minutes); the subject is our handler.
     bench = tmp_path / "bench.json"
+    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
     pytester.makepyfile(test_stop=LONG_SECOND_TEST)
-    pytester.makeconftest(SIGTERM_WHILE_READING)
+    pytester.makeconftest(SIGTERM_WHILE_READING.format(at_read=at_read))
     with running_detserver(tmp_path / "server", model="org/det", ttft_ms=5, itl_ms=10) as server:
         started = time.monotonic()
         result = pytester.runpytest_subprocess(
             "--llm-backend=openai", f"--llm-base-url={server.base_url}", "--llm-model=org/det",
-            f"--benchmark-json={bench}", timeout=90,
+            "-p", "no:randomly", f"--benchmark-json={bench}", timeout=90,
         )  # fmt: skip
     assert result.ret == pytest.ExitCode.INTERRUPTED
     result.stdout.fnmatch_lines(["*KeyboardInterrupt: signal 15*"])
+    output = result.stdout.str() + result.stderr.str()
+    assert "Traceback" not in output
+    assert "Warning" not in output
     assert time.monotonic() - started < 30
-    assert list(bench_entries(bench)) == ["test_a_quick[org/det]"]
+    if at_read == 1:
+        assert not bench.exists()
+        result.stdout.fnmatch_lines(["*no test measured anything, so --benchmark-json wrote no file*"])
+    else:
+        assert list(bench_entries(bench)) == ["test_a_quick[org/det]"]
 
 
 ONE_SESSION = """
@@ -429,3 +479,44 @@ def test_a_port_taken_before_the_server_binds_it_is_not_mistaken_for_ours(
             server.stop()
         assert squatter.alive()  # the other server was left alone
     assert llama_servers_with(str(tmp_path)) == []
+
+
+THREE = """
+def test_a(llm_perf):
+    llm_perf.run(input_tokens=16, output_tokens=4, requests=2)
+
+def test_b(llm_perf):
+    llm_perf.run(input_tokens=16, output_tokens=4, requests=2)
+
+def test_c(llm_perf):
+    llm_perf.run(input_tokens=16, output_tokens=4, requests=2)
+"""
+
+
+def test_a_backend_that_cannot_be_used_is_said_once_not_in_a_traceback_per_test(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # vLLM is not importable here and an empty cache has no CPU environment of it: as on a
+    # machine without vLLM, where the fit check says the model fits.
+    monkeypatch.setenv("LLMPERF_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
+    pytester.makepyfile(test_three=THREE)
+    result = pytester.runpytest_subprocess(
+        "--llm-model=tiny-llama", "--llm-backend=vllm", "-p", "no:randomly", timeout=120
+    )
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines(
+        ["*vLLM is not installed: pip install vllm (GPU), or build the CPU environment*"]
+    )
+    for name in ("test_b", "test_c"):
+        result.stdout.fnmatch_lines(
+            [
+                f"*{name}*",
+                "*vLLM for tiny-llama could not start; its reason and log are in the error of "
+                "test_three.py::test_a[[]tiny-llama[]] above*",
+            ]
+        )
+    text = result.stdout.str()
+    assert "Traceback" not in text
+    assert "vllm.py" not in text  # no frame of ours
+    assert len(result.outlines) < 60, text  # 0.1 printed about 58 lines per test

@@ -9,6 +9,7 @@ the key was sent, and the test can fail both ways: a key that is not sent
 
 from __future__ import annotations
 
+import base64
 import secrets
 from pathlib import Path
 
@@ -150,3 +151,69 @@ def test_the_api_key_stays_out_of_tracebacks_that_show_locals(
     result.stdout.fnmatch_lines(["*headers *= {*'Authorization': 'Bearer <redacted: --llm-api-key-env>'}*"])
     assert key not in "\n".join(result.outlines + result.errlines)
     assert files_holding(key.encode(), sorted(set(files_under(tmp_path, pytester.path)))) == []
+
+
+def test_credentials_in_the_base_url_are_sent_as_basic_auth_and_never_written(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server behind a proxy that wants http://user:password@host credentials: our detserver
+    # with --basic-auth-env refuses /v1/* without that exact Basic header.
+    password = f"sk-url-{secrets.token_hex(16)}"
+    token = base64.b64encode(f"alice:{password}".encode()).decode()
+    monkeypatch.setenv("DET_AUTH", f"alice:{password}")
+    out = tmp_path / "out"
+    pytester.makepyfile(test_secret=INNER)
+    with running_detserver(
+        tmp_path / "server", model="org/det", ttft_ms=5, itl_ms=2, args=("--basic-auth-env", "DET_AUTH")
+    ) as server:
+        assert http_status(server.base_url + "/v1/models") == 401
+        url = server.base_url.replace("http://", f"http://alice:{password}@")
+        result = pytester.runpytest_subprocess(
+            "--llm-backend=openai",
+            f"--llm-base-url={url}",
+            "--llm-model=org/det",
+            f"--llm-save-requests={out / 'requests'}",
+            f"--benchmark-json={out / 'bench.json'}",
+            f"--llm-report={out / 'report'}",
+            f"--junitxml={out / 'junit.xml'}",
+            "-l",
+            "--tb=long",
+            "-rA",
+            timeout=120,
+        )
+
+    # Attached and measured: every request carried the credentials the server wants.
+    result.assert_outcomes(passed=1, failed=2)
+    entries = bench_entries(out / "bench.json")
+    assert {name: llm["errors"] for name, llm in entries.items()} == dict.fromkeys(
+        ("test_pass[org/det]", "test_over_budget[org/det]", "test_assert_fails[org/det]"), 0
+    )
+    # The URL we print is the one without its credentials.
+    result.stdout.fnmatch_lines([f"*attached to the endpoint at {server.base_url}, model org/det*"])
+
+    # Neither the password nor the Basic token that encodes it is in anything the run wrote.
+    artifacts = sorted(set(files_under(tmp_path, pytester.path)))
+    assert {"bench.json", "junit.xml", "llmperf-summary.md"} <= {path.name for path in artifacts}
+    for secret in (password, token):
+        assert files_holding(secret.encode(), artifacts) == []
+        assert secret not in "\n".join(result.outlines + result.errlines)
+    assert "alice:" not in "\n".join(result.outlines + result.errlines)
+
+
+def test_credentials_in_the_url_and_an_api_key_are_refused_with_a_sentence(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-other")
+    pytester.makepyfile(test_simple=SIMPLE)
+    result = pytester.runpytest_subprocess(
+        "--llm-backend=openai", "--llm-base-url=http://alice:hunter2@127.0.0.1:9", "--llm-api-key-env=MY_KEY",
+        timeout=60,
+    )  # fmt: skip
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: --llm-base-url carries credentials (user:password@) and --llm-api-key-env names a key: "
+            "give one of them*"
+        ]
+    )
+    assert "hunter2" not in "\n".join(result.outlines + result.errlines)
