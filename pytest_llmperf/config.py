@@ -11,12 +11,15 @@ with a sentence that says what to type instead; the plugin turns it into a
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.records import HardwareMode
@@ -158,6 +161,13 @@ OPTIONS: tuple[Option, ...] = (
         "warn",
         choices=MISMATCH_MODES,
     ),
+    Option(
+        "--llm-prompt-salt",
+        "text mixed into every test's prompts so that no two tests or sessions send the same prompt "
+        "(default: random per session, printed at the start and stored in the JSON; give it to "
+        "send the same prompts again)",
+        "TEXT",
+    ),
     Option("--llm-report", "write a Markdown summary and PNG plots into DIR", "DIR"),
     Option(
         "--llm-telemetry-interval",
@@ -212,12 +222,51 @@ class Settings:
     pyproject: Mapping[str, Any] = field(default_factory=dict)
     notices: tuple[str, ...] = ()
     """Lines to show once at the start (a deprecated ini key in use)."""
+    prompt_salt: str = ""
+    url_credentials: tuple[str, str] | None = field(default=None, repr=False)
+    """``(user, password)`` of ``--llm-base-url http://user:password@host``; ``base_url`` is without."""
 
     @property
     def api_key(self) -> str | None:
         if not self.api_key_env:
             return None
         return os.environ.get(self.api_key_env)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What a server we attach to is sent: basic auth from the URL, or the API key as a bearer token."""
+        if self.url_credentials is not None:
+            return {"Authorization": "Basic " + _basic_token(*self.url_credentials)}
+        key = self.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @property
+    def redactions(self) -> tuple[tuple[str, str], ...]:
+        """``(secret, placeholder)`` for every text that must never be written: the API key, the
+        URL's password and the forms it travels in; longest first, so none is blanked in part."""
+        found: dict[str, str] = {}
+        if self.api_key:
+            found[self.api_key] = "<redacted: --llm-api-key-env>"
+        if self.url_credentials is not None:
+            user, password = self.url_credentials
+            for secret in (f"{user}:{password}", _basic_token(user, password), password):
+                if secret:
+                    found.setdefault(secret, "<redacted: --llm-base-url credentials>")
+        return tuple(sorted(found.items(), key=lambda pair: len(pair[0]), reverse=True))
+
+
+def _basic_token(user: str, password: str) -> str:
+    return base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://user:pw@host:8000/v1`` -> ``("http://host:8000/v1", ("user", "pw"))``."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=hostport)), (unquote(user), unquote(password))
 
 
 Getter = Callable[[Option], object]
@@ -310,9 +359,21 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         raise ConfigError(
             f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch_raw!r}"
         )
-    base_url = get("llm_base_url")
-    if base_url is not None and not str(base_url).startswith(("http://", "https://")):
-        raise ConfigError(f"--llm-base-url must start with http:// or https://, not {base_url!r}")
+    raw_url = get("llm_base_url")
+    base_url, credentials = split_credentials(str(raw_url)) if raw_url is not None else (None, None)
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        shown = base_url.rpartition("@")[2]  # without a scheme, userinfo is not split off above
+        raise ConfigError(f"--llm-base-url must start with http:// or https://, not {shown!r}")
+    if credentials is not None and get("llm_api_key_env"):
+        raise ConfigError(
+            "--llm-base-url carries credentials (user:password@) and --llm-api-key-env names a key: "
+            "give one of them (the URL's are sent as HTTP basic auth, the key as a bearer token)"
+        )
+    if credentials is not None and backend == "ollama":
+        raise ConfigError(
+            "the ollama backend sends no credentials: drop user:password@ from --llm-base-url, "
+            "or use --llm-backend=openai with Ollama's OpenAI-compatible /v1 endpoint"
+        )
     if backend == "openai" and base_url is None:
         raise ConfigError("--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL")
     if base_url is not None and backend in ("llamacpp", "vllm"):
@@ -346,4 +407,6 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         adaptive=bool(get("llm_adaptive")),
         pyproject=pyproject,
         notices=tuple(notices),
+        prompt_salt=str(get("llm_prompt_salt") or secrets.token_hex(4)),
+        url_credentials=credentials,
     )

@@ -75,7 +75,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     if SESSION_KEY not in config.stash:
         return []
-    return [f"llmperf: {notice}" for notice in _session(config).settings.notices]
+    settings = _session(config).settings
+    salt = settings.prompt_salt
+    salt_line = f"llmperf: prompt salt {salt} (--llm-prompt-salt={salt} sends these prompts again)"
+    return [salt_line, *(f"llmperf: {notice}" for notice in settings.notices)]
 
 
 def _session(config: pytest.Config) -> LlmPerfSession:
@@ -114,7 +117,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Server]:
-    """The running server for ``llm_model``: started once per model, stopped after its last test."""
+    """The running server for ``llm_model``: started once per model, stopped after its last test.
+
+    It follows restarts: when a run needs more slots or context, the value is the new server.
+    """
     session = _session(request.config)
     server = session.start_server(llm_model)
     try:
@@ -124,18 +130,34 @@ def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Serve
 
 
 @pytest.fixture
-def llm_perf(request: pytest.FixtureRequest, llm_server: Server, llm_model: str) -> LlmPerf:
+def llm_perf(request: pytest.FixtureRequest, llm_server: Server, llm_model: str) -> Iterator[LlmPerf]:
     """Runs measured scenarios against the model's server: ``llm_perf.run(input_tokens=..., ...)``."""
     session = _session(request.config)
     # A model whose server died errors here, at setup, before its benchmark entry is opened.
     session.check_server(llm_model, llm_server)
     benchmark = request.getfixturevalue("benchmark")
-    return session.perf_for(request.node, llm_model, llm_server, benchmark)
+    yield session.perf_for(request.node, llm_model, llm_server, benchmark)
+    session.release(request.node, benchmark)
+
+
+def _one_line(item: pytest.Item, when: str) -> Generator[None, object, object]:
+    """Run a test phase; an ``LlmPerfError`` from it fails without a traceback."""
+    try:
+        return (yield)
+    except LlmPerfError as exc:
+        if SESSION_KEY not in item.config.stash:
+            raise
+        raise _session(item.config).failure(item, exc, when) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _one_line(item, "setup"))
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    result = yield
+    result = yield from _one_line(item, "call")
     # The test body passed; a budget, regression or invalid measurement still fails it.
     if SESSION_KEY in item.config.stash:
         _session(item.config).enforce(item)
@@ -143,12 +165,16 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
 
 
 @pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    return (yield from _one_line(item, "teardown"))
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
     report = yield
     if SESSION_KEY in item.config.stash:
-        session = _session(item.config)
-        session.redact(report)
-        session.annotate(item, report)
+        # The test's outcome, final at teardown, goes into every artifact from here.
+        _session(item.config).on_report(item, call, report)
     return report
 
 
@@ -158,14 +184,32 @@ def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -
     return None
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    # First, so pytest-benchmark's own table (printed after ours) shows only when asked for.
     if SESSION_KEY in config.stash:
-        _session(config).terminal_summary(terminalreporter)
+        session = _session(config)
+        session.terminal_summary(terminalreporter)
+        session.hide_benchmark_table()
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, object, object]:
+    # Every test has been reported by now. Stop the servers and write the report before the
+    # terminal summary, and look before pytest-benchmark saves (in its own wrapper, inside
+    # this one), so that it has nothing to warn about.
     if SESSION_KEY in session.config.stash:
-        _session(session.config).finish()
+        ours = _session(session.config)
+        ours.finish()
+        ours.before_benchmark_save()
+    return (yield)
+
+
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]
+) -> None:
+    if SESSION_KEY in config.stash:
+        _session(config).update_json(output_json, benchmarks)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:

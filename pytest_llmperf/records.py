@@ -19,7 +19,19 @@ from typing import Literal
 Api = Literal["completions", "chat", "ollama-generate", "ollama-chat"]
 Arrival = Literal["constant", "poisson"]
 ChunkTokensSource = Literal["usage", "one_per_chunk", "estimated"]
-OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid"]
+OutcomeKind = Literal["pass", "fail-budget", "fail-regression", "invalid", "fail", "error", "skip"]
+"""The first four are measured verdicts; ``fail``, ``error`` and ``skip`` are what pytest
+saw when that differs (the test's own assert, an exception from the run, a setup error)."""
+PYTEST_WORDS: dict[OutcomeKind, str] = {
+    "pass": "passed",
+    "fail-budget": "failed",
+    "fail-regression": "failed",
+    "invalid": "invalid",  # pytest's summary line counts it apart (the plugin's own test status)
+    "fail": "failed",
+    "error": "error",
+    "skip": "skipped",
+}
+"""The word pytest's summary line counts each final outcome under (``invalid`` is a failure)."""
 HardwareMode = Literal["warn", "fail", "ignore"]
 """What a baseline from other hardware, engine or model does: a note, an invalid run, or nothing."""
 
@@ -194,6 +206,8 @@ class Summary:
     input_tokens_mean: float | None
     output_tokens_mean: float | None
     output_length_misses: int
+    first_error: str | None = None
+    """The error text of the first measured request that failed (in completion order)."""
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,7 @@ class LlmInfo(TypedDict, total=False):
     loop_lag_ms: DistJson | None
     samples: LlmSamples
     telemetry: object
+    prompt_salt: str
 
 
 class ServerInfo(TypedDict, total=False):

@@ -1,23 +1,28 @@
-"""Per-session state: one server per model, the results, end-of-session output.
+"""Per-session state: the servers, each test's outcome, end-of-session output.
 
 The plugin keeps one ``LlmPerfSession`` in ``config.stash``. It sizes the
-servers from the collected tests, starts a model's server when its first test
-needs it and stops it after the last one (pytest's session-scoped parametrize
-runs one model's tests together, so two servers never run at once), stops
-every server on SIGTERM, Ctrl-C or exit, and writes reports at the end.
-Measurement itself lives in ``perf.py``.
+servers from the collected tests and hands them to a ``ServerPool`` (one
+server per model, started when its first test needs it, restarted bigger
+when a run needs more, stopped after its last test; pytest's session-scoped
+parametrize runs one model's tests together, so two servers never run at
+once). It stops every server on SIGTERM, Ctrl-C or exit.
+
+Per test it wires the ``llm_perf`` fixture to narrow callables, and, from
+pytest's reports, decides the test's final outcome (``judge.outcome``) and
+writes it into every artifact: the benchmark entry, the JSONL, JUnit, the
+terminal table and the Markdown report. An ``LlmPerfError`` from a test is a
+failure without a traceback; the one of a server that cannot start or died
+is shown in full once, and in one line for its model's later tests.
+Measurement lives in ``perf.py``, the per-test report glue in ``testreport.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import signal
-import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,7 +31,7 @@ import pytest
 
 from pytest_llmperf import schema
 from pytest_llmperf.config import Settings
-from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
+from pytest_llmperf.errors import ConfigError, LlmPerfError
 from pytest_llmperf.judge.gate import Gate
 from pytest_llmperf.output import benchjson
 from pytest_llmperf.output.report import junit_properties
@@ -35,11 +40,11 @@ from pytest_llmperf.records import CaseResult, Outcome, RunResult
 from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
+from pytest_llmperf.servers.pool import DoesNotFit, ServerPool
+from pytest_llmperf.testreport import TestReports
 
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
-REDACTED = "<redacted: --llm-api-key-env>"
-CASES_KEY = pytest.StashKey[list[CaseResult]]()
 ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
 
 
@@ -53,26 +58,44 @@ class LlmPerfSession:
         self.settings = settings
         self.registry = model_registry.registry_with_overrides(settings.pyproject.get("models", {}))
         self.model_names: tuple[str, ...] = settings.models or (DEFAULT_MODEL,)
-        self.specs: dict[str, ModelSpec] = {
-            name: model_registry.lookup(name, self.registry) for name in self.model_names
-        }
+        self.specs: dict[str, ModelSpec] = {name: self._lookup(name) for name in self.model_names}
         self.gate = Gate(config, settings)
-        self.max_concurrency = settings.max_concurrency or DEFAULT_MAX_CONCURRENCY
-        self.max_context = DEFAULT_MAX_CONTEXT
-        self.servers: dict[str, Server] = {}
+        self.pool = ServerPool(
+            specs=self.specs,
+            backend_for=self.backend_for,
+            request_for=self._launch_request,
+            launch=self._launch,
+            fits=self._fits,
+            progress=self.progress,
+            slots=settings.max_concurrency or DEFAULT_MAX_CONCURRENCY,
+            context_tokens=DEFAULT_MAX_CONTEXT,
+            pinned_slots=f"--llm-max-concurrency={settings.max_concurrency}"
+            if settings.max_concurrency
+            else None,
+            options=settings.server_options,
+            attached=settings.base_url is not None,
+        )
         # Fixed at configure time: pytest-benchmark compares machine_info at start and at save.
         self.server_info = {name: self._server_info(name) for name in self.model_names}
-        self.dead: dict[str, str] = {}
-        self.results: list[CaseResult] = []
+        self.reports = TestReports(self.pool.label, settings)
+        self._usage_errors: list[str] = []
         self._warnings: list[str] = []
         self._log_dir: Path | None = None
         self._machine_info: dict[str, Any] | None = None
-        self._lock = threading.Lock()
         self._previous_sigterm: Any = None
         self._install_signal_handlers()
         atexit.register(self.close)
 
     # -- planning ---------------------------------------------------------------------------
+
+    def _lookup(self, name: str) -> ModelSpec:
+        try:
+            return model_registry.lookup(name, self.registry)
+        except ConfigError:
+            if self.settings.backend != "openai":
+                raise
+            # An endpoint serves whatever names it likes: an unknown one is its served name.
+            return ModelSpec(name=name, default_backend="openai")
 
     def backend_for(self, model: str) -> str:
         return self.settings.backend or self.specs[model].default_backend
@@ -91,11 +114,24 @@ class LlmPerfSession:
         marker = definition.get_closest_marker("llm_models")
         if marker is None:
             return list(self.model_names)
-        wanted = [str(a) for a in marker.args]
-        return [m for m in self.model_names if m in wanted]
+        bad = [a for a in marker.args if not isinstance(a, str)] + [f"{k}=" for k in marker.kwargs]
+        if bad:
+            # Raised by plan(): a usage error at collection, rather than a collection error here.
+            self._usage_errors.append(
+                f"llm_models of {definition.nodeid} takes model names, got {bad[0]!r}; "
+                'write e.g. @pytest.mark.llm_models("gemma3-270m")'
+            )
+            return list(self.model_names)
+        return [m for m in self.model_names if m in marker.args]
 
     def plan(self, items: list[pytest.Item]) -> None:
-        """Size servers from the collected tests' ``concurrency``/token parameters."""
+        """Size servers from the collected tests' ``concurrency``/token parameters.
+
+        Literal arguments are seen only when a test runs; ``ServerPool.ensure``
+        restarts a server that turns out too small then.
+        """
+        if self._usage_errors:
+            raise pytest.UsageError(self._usage_errors[0])
         concurrency, context = 0, 0
         for item in items:
             params = getattr(getattr(item, "callspec", None), "params", {})
@@ -106,13 +142,10 @@ class LlmPerfSession:
                 self.gate.budgets_for(item, str(params["llm_model"]))
             except LlmPerfError as exc:
                 raise pytest.UsageError(str(exc)) from None
-            concurrency = max(concurrency, int(params.get("concurrency", 0) or 0))
-            tokens = int(params.get("input_tokens", 0) or 0) + int(params.get("output_tokens", 0) or 0)
-            context = max(context, tokens)
-        if self.settings.max_concurrency is None and concurrency:
-            self.max_concurrency = concurrency
-        if context:
-            self.max_context = context
+            concurrency = max(concurrency, _int(params.get("concurrency")))
+            context = max(context, _int(params.get("input_tokens")) + _int(params.get("output_tokens")))
+        self.pool.size.slots = self.settings.max_concurrency or max(concurrency, DEFAULT_MAX_CONCURRENCY)
+        self.pool.size.context_tokens = context or DEFAULT_MAX_CONTEXT
 
     # -- servers ----------------------------------------------------------------------------
 
@@ -127,74 +160,43 @@ class LlmPerfSession:
 
     def progress(self, line: str) -> None:
         """Show progress (a llama-server build, a model pull) even under capture."""
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        capture = self.config.pluginmanager.get_plugin("capturemanager")
-        cm = capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
-        with cm:
-            if reporter is not None:
-                reporter.write_line(f"[llmperf] {line}")
-            else:
-                print(f"[llmperf] {line}", file=sys.stderr)
+        self.reports.write_line(self.config, f"[llmperf] {line}")
 
-    def start_server(self, model: str) -> Server:
-        from pytest_llmperf.servers import fit
+    def _launch_request(self, spec: ModelSpec, slots: int, context_tokens: int) -> LaunchRequest:
+        s = self.settings
+        return LaunchRequest(
+            model=spec, max_concurrency=slots, max_context=context_tokens, log_dir=self.log_dir,
+            start_timeout_s=s.start_timeout_s, base_url=s.base_url, api_key=s.api_key,
+            auth_headers=s.auth_headers, executable=s.server_executable, extra_args=s.server_args,
+            options=s.server_options,
+        )  # fmt: skip
+
+    def _launch(self, backend_name: str, request: LaunchRequest) -> Server:
         from pytest_llmperf.servers.backends import get_backend
 
-        spec = self.specs[model]
-        backend_name = self.backend_for(model)
-        if self.settings.base_url is None:
-            verdict = fit.check(spec, backend_name, self.settings.server_options, self.max_context,
-                                self.max_concurrency)  # fmt: skip
-            if not verdict.fits:
-                pytest.skip(verdict.reason)
-        request = LaunchRequest(
-            model=spec,
-            max_concurrency=self.max_concurrency,
-            max_context=self.max_context,
-            log_dir=self.log_dir,
-            start_timeout_s=self.settings.start_timeout_s,
-            base_url=self.settings.base_url,
-            api_key=self.settings.api_key,
-            executable=self.settings.server_executable,
-            extra_args=self.settings.server_args,
-            options=self.settings.server_options,
-        )
-        backend = get_backend(backend_name, progress=self.progress)
-        started = time.monotonic()
-        server = backend.launch(request)
-        with self._lock:
-            self.servers[model] = server
-        pid = f"pid {server.pid}" if server.pid is not None else "attached"
-        self.progress(
-            f"server started for {model} ({backend_name}, {pid}, {server.base_url}) "
-            f"in {time.monotonic() - started:.1f} s"
-        )
-        return server
+        return get_backend(backend_name, progress=self.progress).launch(request)
+
+    def _fits(self, spec: ModelSpec, backend: str, slots: int, context_tokens: int) -> str | None:
+        from pytest_llmperf.servers import fit
+
+        verdict = fit.check(spec, backend, self.settings.server_options, context_tokens, slots)
+        return None if verdict.fits else verdict.reason
+
+    def start_server(self, model: str) -> Server:
+        try:
+            return self.pool.start(model)
+        except DoesNotFit as exc:
+            pytest.skip(str(exc))
 
     def stop_server(self, model: str) -> None:
-        with self._lock:
-            server = self.servers.pop(model, None)
-        if server is not None:
-            server.stop()
-            self.progress(f"server stopped for {model}")
+        self.pool.stop(model)
 
     def check_server(self, model: str, server: Server) -> None:
         """Error fast for a model whose server already died; detect a fresh death."""
-        if model in self.dead:
-            raise ServerDiedError(self.dead[model])
-        try:
-            server.check_alive()
-        except ServerDiedError as exc:
-            self.dead[model] = str(exc)
-            raise
+        self.pool.check(model, server)
 
     def close(self) -> None:
-        with self._lock:
-            servers = list(self.servers.items())
-            self.servers.clear()
-        for _model, server in servers:
-            with contextlib.suppress(Exception):
-                server.stop()
+        self.pool.close()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -244,61 +246,71 @@ class LlmPerfSession:
             record=record,
             check_server=lambda: self.check_server(model, server),
             warn=self.warn_once,
+            ensure=lambda concurrency, context: self.pool.ensure(model, concurrency, context),
+            prompt_salt=self.settings.prompt_salt,
         )
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
         """Keep a finished case and write it where pytest's reports will read it."""
-        self.results.append(case)
-        item.stash.setdefault(CASES_KEY, []).append(case)
         info = schema.llm_info(case.run, case.outcome, engine=case.engine, engine_version=case.engine_version)
+        info["prompt_salt"] = self.settings.prompt_salt
         e2e_s = [r.e2e_ns / 1e9 for r in case.run.measured if r.e2e_ns is not None]
         benchjson.record(benchmark, info, e2e_s)
+        self.reports.measured(item, case, info)
         # On the item, so the teardown report (which junitxml reads) carries them.
         item.user_properties.extend(junit_properties(case.run, case.outcome))
 
-    @staticmethod
-    def cases_of(item: pytest.Item) -> list[CaseResult]:
-        return item.stash.get(CASES_KEY, [])
+    def release(self, item: pytest.Item, benchmark: Any) -> None:
+        """After a test: one that measured nothing leaves pytest-benchmark nothing to warn about."""
+        if not self.reports.state(item).cases:
+            benchjson.release(benchmark)
 
     def enforce(self, item: pytest.Item) -> None:
-        failing = [c for c in self.cases_of(item) if c.outcome.kind != "pass"]
+        """After the body passed: a budget, regression or invalid measurement still fails it."""
+        state = self.reports.state(item)
+        failing = [c for c in state.cases if c.outcome.kind != "pass"]
         if not failing:
             return
+        state.enforced = True
         reasons = [f"{c.outcome.kind}: {reason}" for c in failing for reason in c.outcome.reasons]
         pytest.fail("\n".join(reasons), pytrace=False)
 
-    def annotate(self, item: pytest.Item, report: pytest.TestReport) -> None:
-        if report.when != "call" or not report.failed:
-            return
-        if any(c.outcome.kind == "invalid" for c in self.cases_of(item)):
-            report.llmperf_invalid = True  # type: ignore[attr-defined]
+    def failure(self, item: pytest.Item, exc: LlmPerfError, when: str) -> BaseException:
+        """The one-line ``pytest.fail`` an ``LlmPerfError`` of a test becomes (no traceback)."""
+        return self.reports.failure(item, exc, when)
 
-    def redact(self, report: pytest.TestReport) -> None:
-        """Blank the API key out of a report: with ``-l`` a traceback shows every frame's
-        locals, and some frames hold the ``Authorization`` header in a plain dict."""
-        key = self.settings.api_key
-        if not key:
+    def on_report(self, item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+        self.reports.redact(report)
+        self.reports.on_report(item, call, report)
+
+    # -- pytest-benchmark --------------------------------------------------------------------
+
+    def before_benchmark_save(self) -> None:
+        """Before pytest-benchmark saves: if no test measured anything, say so instead of its warning."""
+        bs = getattr(self.config, "_benchmarksession", None)
+        if bs is not None:
+            note = benchjson.nothing_to_save(bs)
+            if note is not None:
+                self.reports.notes.append(note)
+
+    def update_json(self, output_json: dict[str, Any], benchmarks: list[Any]) -> None:
+        unmeasured = benchjson.unmeasured_entries(benchmarks)
+        if unmeasured:
+            output_json[benchjson.UNMEASURED_KEY] = unmeasured
+
+    def hide_benchmark_table(self) -> None:
+        """pytest-benchmark's table of E2E seconds shows only when a ``--benchmark-*`` display
+        option asks for it, or when the session has benchmarks that are not ours."""
+        bs = getattr(self.config, "_benchmarksession", None)
+        if bs is None or benchjson.table_asked(self.config.getoption):
             return
-        if report.longrepr is not None and key in str(report.longrepr):
-            report.longrepr = str(report.longrepr).replace(key, REDACTED)
-        report.sections = [(name, text.replace(key, REDACTED)) for name, text in report.sections]
+        if all("llm" in bench.extra_info for bench in bs.benchmarks):
+            bs.quiet = True
 
     # -- end of session ---------------------------------------------------------------------
 
     def terminal_summary(self, reporter: Any) -> None:
-        if not self.results:
-            return
-        from pytest_llmperf.output import report as reports
-
-        reporter.write_sep("-", "llmperf summary")
-        reporter.write_line(reports.terminal_table(self._rows()))
-        for warning in self.session_warnings():
-            reporter.write_line(f"warning: {warning}", yellow=True)
-
-    def _rows(self) -> list[Any]:
-        from pytest_llmperf.output import report as reports
-
-        return [reports.ReportRow.from_result(r.nodeid, r.run, r.outcome) for r in self.results]
+        self.reports.terminal_summary(reporter, self.session_warnings())
 
     def session_warnings(self) -> list[str]:
         from pytest_llmperf import telemetry
@@ -312,16 +324,8 @@ class LlmPerfSession:
 
     def finish(self) -> None:
         self.close()
-        report_dir = self.settings.report_dir
-        if report_dir is None or not self.results:
-            return
-        from pytest_llmperf.output import report as reports
-
-        try:
-            reports.write_markdown(report_dir, self._rows())
-            reports.write_plots(report_dir, [r.run for r in self.results])
-        except (OSError, LlmPerfError) as exc:
-            self.progress(f"could not write the report into {report_dir}: {exc}")
+        if self.settings.report_dir is not None:
+            self.reports.write_report(self.settings.report_dir, self.progress)
 
     def machine_info(self) -> dict[str, Any]:
         """``machine_info["llmperf"]``: the setup a baseline comparison checks.
@@ -358,3 +362,8 @@ class LlmPerfSession:
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
         return fit.table(registry)
+
+
+def _int(value: object) -> int:
+    """A collected parameter as a size: whole numbers count, anything else is left to the run."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

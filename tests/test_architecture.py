@@ -47,11 +47,24 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pytest_llmperf.servers",
         "pytest_llmperf.telemetry",
     ),
+    # The session's per-test pytest glue: outcomes into the writers' artifacts.
+    "pytest_llmperf.testreport": (
+        *LEAVES,
+        "pytest_llmperf.schema",
+        "pytest_llmperf.config",
+        "pytest_llmperf.judge",
+        "pytest_llmperf.output",
+    ),
     "pytest_llmperf.session": ("pytest_llmperf",),  # anything but the plugin (checked below)
     "pytest_llmperf.plugin": ("pytest_llmperf",),
     "pytest_llmperf": LEAVES,  # __init__
 }
-PYTEST_ALLOWED = ("pytest_llmperf.plugin", "pytest_llmperf.session", "pytest_llmperf.judge.gate")
+PYTEST_ALLOWED = (
+    "pytest_llmperf.plugin",
+    "pytest_llmperf.session",
+    "pytest_llmperf.testreport",
+    "pytest_llmperf.judge.gate",
+)
 
 
 def module_name(path: Path) -> str:

@@ -9,7 +9,10 @@ A budget key is ``<metric>_<stat>`` and carries its direction in its name:
 * ``error_rate_max``: the fraction of failed requests must not exceed it.
 
 Budgets come from three places, parsed here into ``Budgets`` layers and merged
-with :func:`merge_budgets` (command line > marker > pyproject, per key):
+with :func:`merge_budgets` (command line > marker > pyproject > ``DEFAULTS``, per
+key). The default layer holds one budget, ``error_rate_max=0``: a failed request
+fails the test unless a budget raises the limit (or clears it with ``off``) on
+purpose. The layers come from:
 marker arguments (``@pytest.mark.llm_budget("mlperf-llama3.1-8b",
 ttft_ms_p95=500)``), pyproject tables (``[tool.llmperf.budgets."<model>"]``)
 and ``--llm-budget KEY=VALUE`` strings. A layer may clear a key set by a lower
@@ -73,6 +76,7 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 
 _OFF_WORDS = frozenset({"off", "none"})
+DEFAULT_SOURCE = "the default: errors fail a test unless a budget allows them"
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,15 @@ class Budget:
         unit = UNITS[self.metric]
         limit = f"{_fmt(self.limit)} {unit}".rstrip()
         value = self.observed(summary)
+        if self.key == "error_rate_max":
+            if value is None or value <= self.limit:
+                return None
+            # The count and the server's own words say more than a fraction does.
+            first = f"; first: {summary.first_error}" if summary.first_error else ""
+            return (
+                f"{summary.errors} of {summary.requests} requests failed (error_rate {_fmt(value)} > "
+                f"error_rate_max {limit}, {self.source}){first}"
+            )
         if value is None:
             return f"{self.label} not measured (no request defined it); budget {limit} ({self.source})"
         if self.direction == "max" and value > self.limit:
@@ -311,16 +324,18 @@ def parse_cli(values: Sequence[str] | Mapping[str, str], source: str = "--llm-bu
     return _layer(presets, pairs, source)
 
 
-def merge_budgets(
-    config: Budgets | None = None, marker: Budgets | None = None, cli: Budgets | None = None
-) -> Budgets:
-    """Resolve layers per key with precedence command line > marker > config.
+DEFAULTS = Budgets((Budget("error_rate_max", 0.0, DEFAULT_SOURCE),))
+"""The layer under every other: failed requests fail a test unless a budget says otherwise."""
+
+
+def merge_budgets(*layers: Budgets | None) -> Budgets:
+    """Resolve layers per key, lowest first: ``merge_budgets(DEFAULTS, config, marker, cli)``.
 
     A higher layer replaces a lower layer's limit for the same key and leaves
     the others alone; a key it clears (``off``) is removed from the lower ones.
     """
     limits: dict[str, Budget] = {}
-    for layer in (config, marker, cli):
+    for layer in layers:
         if layer is None:
             continue
         for key in layer.cleared:

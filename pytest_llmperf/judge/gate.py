@@ -1,6 +1,7 @@
 """Per-test gating: which budgets apply, which baseline entry, which setup check.
 
-Resolves the layers (command line > ``llm_budget`` marker > pyproject), finds
+Resolves the layers (command line > ``llm_budget`` marker > pyproject > the
+default ``error_rate_max=0``), finds
 the baseline run (``--llm-baseline`` or what ``--benchmark-compare`` selects,
 resolved once, before this session saves its own run) and hands everything to
 the pure ``verdict.judge``. This module must not measure or write anything.
@@ -48,7 +49,7 @@ class Gate:
         for mark in reversed(list(node.iter_markers("llm_budget"))):
             layer = budgets.parse_marker(mark.args, mark.kwargs, source=f"llm_budget of {node.nodeid}")
             marker = budgets.merge_budgets(marker, layer)
-        return budgets.merge_budgets(self.per_model.get(model), marker, self.cli)
+        return budgets.merge_budgets(budgets.DEFAULTS, self.per_model.get(model), marker, self.cli)
 
     def judge(
         self,

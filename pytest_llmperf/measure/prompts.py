@@ -1,8 +1,12 @@
 """Prompts of exactly N input tokens, as the server itself counts them.
 
 Each prompt is random common English words from a seeded RNG, different
-per request so prefix caches cannot flatter TTFT. N counts what the server
-reports as ``usage.prompt_tokens``: BOS and the chat template included.
+per request so prefix caches cannot flatter TTFT. The RNG is keyed by a
+``salt`` (the session's salt and the test's node id, given by the plugin) and
+the request's index, so no two tests of a session and no two sessions send
+the same prompt, while the same salt sends the same prompts again. N counts
+what the server reports as ``usage.prompt_tokens``: BOS and the chat template
+included.
 
 * With a tokenizer endpoint (``Capabilities.tokenize``: ``"vllm"`` or
   ``"llamacpp"``) every prompt is checked once with ``/tokenize`` and fixed by
@@ -197,18 +201,22 @@ def _check_reachable(n_tokens: int, overhead: int) -> None:
 _POOLS: dict[tuple[str, str, str, str], list[str]] = {}
 
 
-def build_prompts(target: Target, n_tokens: int, count: int, seed: int) -> list[Prompt]:
-    """``count`` different prompts of ``n_tokens`` input tokens for ``target``."""
+def build_prompts(target: Target, n_tokens: int, count: int, seed: int, salt: str = "") -> list[Prompt]:
+    """``count`` different prompts of ``n_tokens`` input tokens for ``target``.
+
+    The words of prompt ``i`` come from ``random.Random(f"{salt}/{seed}/{i}")``.
+    """
     counter = tokenizer_counter(target)
+    stem = f"{salt}/{seed}"
     if counter is None:
-        return _calibrated_prompts(target, n_tokens, count, seed)
+        return _calibrated_prompts(target, n_tokens, count, stem)
     overhead = counter("")
     _check_reachable(n_tokens, overhead)
     key = (target.base_url, target.model, str(target.capabilities.tokenize), target.capabilities.api)
     if key not in _POOLS:
         _POOLS[key] = single_token_words(counter)
     pool = _POOLS[key]
-    return [fit_prompt(n_tokens, pool, random.Random(f"{seed}/{i}"), counter, overhead) for i in range(count)]
+    return [fit_prompt(n_tokens, pool, random.Random(f"{stem}/{i}"), counter, overhead) for i in range(count)]
 
 
 def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> int:
@@ -219,8 +227,8 @@ def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> 
     return max(round(w1 + (n_tokens - t1) / per_word), 0)
 
 
-def _calibrated_prompts(target: Target, n_tokens: int, count: int, seed: int) -> list[Prompt]:
-    rng = random.Random(f"{seed}/probe")
+def _calibrated_prompts(target: Target, n_tokens: int, count: int, stem: str) -> list[Prompt]:
+    rng = random.Random(f"{stem}/probe")  # the probes are prompts the server sees, salted too
 
     def probe(words: int) -> tuple[int, int]:
         return words, probe_prompt_tokens(target, " ".join(rng.choice(WORDS) for _ in range(words)))
@@ -236,6 +244,6 @@ def _calibrated_prompts(target: Target, n_tokens: int, count: int, seed: int) ->
             words = words_for(n_tokens, small, check) if check[0] != small[0] else words
     prompts = []
     for i in range(count):
-        r = random.Random(f"{seed}/{i}")
+        r = random.Random(f"{stem}/{i}")
         prompts.append(Prompt(" ".join(r.choice(WORDS) for _ in range(words)), None))
     return prompts

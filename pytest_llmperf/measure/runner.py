@@ -18,6 +18,7 @@ module must not write files or print; the plugin does that with the records.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import secrets
 import threading
@@ -96,15 +97,17 @@ def invalid_reasons(
     return tuple(reasons)
 
 
-def prepare_requests(target: Target, scenario: Scenario) -> tuple[list[client.Prepared], bool]:
+def prepare_requests(
+    target: Target, scenario: Scenario, prompt_salt: str = ""
+) -> tuple[list[client.Prepared], bool]:
     """Build every request of ``scenario`` (warm-up first), ready to send.
 
     Returns them and whether every prompt's length was checked with the
     server's tokenizer. Raises the file limit for the concurrency too.
     """
     total = scenario.warmup + scenario.requests
-    built = prompts.build_prompts(target, scenario.input_tokens, total, scenario.seed)
-    client.raise_open_file_limit(scenario.concurrency + 64)
+    built = prompts.build_prompts(target, scenario.input_tokens, total, scenario.seed, prompt_salt)
+    client.raise_open_file_limit(scenario.concurrency + client.FILES_BESIDES_SOCKETS)
     tag = secrets.token_hex(4)
     prepared = [
         client.prepare(
@@ -151,15 +154,19 @@ def measure(
     backend: str,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
+    prompt_salt: str = "",
 ) -> RunResult:
     """Measure ``scenario`` against ``target`` and return every record and the summary.
 
     ``on_record`` gets each record as it ends (warm-up ones too); ``on_measured``
     is called once when warm-up is over and the measured requests begin.
+    ``prompt_salt`` keys the prompts' RNG (see ``prompts.build_prompts``).
     """
-    prepared, checked = prepare_requests(target, scenario)
+    prepared, checked = prepare_requests(target, scenario, prompt_salt)
     load = run_prepared(prepared, scenario, on_record, on_measured)
     summary = summarize(load.records, scenario)
+    first_error = next((r.error for r in load.records if not r.warmup and r.error), None)
+    summary = dataclasses.replace(summary, first_error=first_error)
     lag = load.loop_lag_ms
     extra: dict[str, object] = {
         "stopped_early": load.stopped_early,

@@ -185,6 +185,27 @@ def _error_text(value: object) -> str:
     return str(value)[:200]
 
 
+def _http_error(status: int, body: bytes) -> str:
+    """``HTTP 429: <the server's message>``: the message from the usual JSON error bodies.
+
+    OpenAI and vLLM send ``{"error": {"message": ...}}``, vLLM's older servers
+    ``{"message": ...}``, FastAPI ``{"detail": ...}``, Ollama ``{"error": "..."}``;
+    anything else is shown as it came.
+    """
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error", "message", "detail"):
+            value = data.get(key)
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return f"HTTP {status}: {_snippet(value['message'].encode(), 300)}"
+            if isinstance(value, str) and value:
+                return f"HTTP {status}: {_snippet(value.encode(), 300)}"
+    return f"HTTP {status}: {_snippet(body)}" if body.strip() else f"HTTP {status} (empty body)"
+
+
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -340,9 +361,7 @@ def parse_response(api: Api, reads: Sequence[Read], eof_ns: int, max_tokens: int
     if isinstance(split, str):
         return Parsed(status=None, end_ns=eof_ns, error=split)
     if split.status != 200:
-        return Parsed(
-            status=split.status, end_ns=eof_ns, error=f"HTTP {split.status}: {_snippet(split.body)}"
-        )
+        return Parsed(status=split.status, end_ns=eof_ns, error=_http_error(split.status, split.body))
     ndjson = api.startswith("ollama")
     chat = api in ("chat", "ollama-chat")
     ev = _ndjson(split, chat) if ndjson else _sse(split, chat)

@@ -1,36 +1,40 @@
 """Reports: the terminal table, the Markdown summary, PNG plots, JUnit properties.
 
-Everything here is derived from ``ReportRow`` values, one per measured test,
-built from a ``RunResult`` and its ``Outcome``. The Markdown is GitHub-flavoured
-so a CI job can append it to ``$GITHUB_STEP_SUMMARY``. Plots draw the classic
-curves (E2E latency against output tokens per concurrency, output tok/s
-against concurrency, TTFT against input tokens) with matplotlib's Agg canvas,
-never pyplot, so no global backend is touched; without matplotlib the plots
-are skipped with a ``ReportWarning``.
+Everything here is derived from ``ReportRow`` values, one per ``llm_perf``
+test, built from a ``RunResult`` and the test's final ``Outcome`` (a test that
+measured nothing, say one whose server never started, has a row without
+figures). The Markdown is GitHub-flavoured so a CI job can append it to
+``$GITHUB_STEP_SUMMARY``; its summary line counts tests the way pytest's does.
+Plots draw the classic curves (E2E latency against output tokens per
+concurrency, output tok/s against concurrency, TTFT against input tokens)
+with matplotlib's Agg canvas, never pyplot, so no global backend is touched;
+without matplotlib there are no plots (``plots_available`` tells the caller,
+which says so in one line), never a warning or an error.
 
 This module formats and writes; it must not measure, judge or change outcomes.
 """
 
 from __future__ import annotations
 
-import warnings
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_llmperf.records import Outcome, RunResult
+from pytest_llmperf.records import PYTEST_WORDS, Outcome, RunResult
 
 MARKDOWN_NAME = "llmperf-summary.md"
+PLOTS_HINT = "pip install 'pytest-llmperf[plots]'"
 _BADGES = {
     "pass": "✅ pass",
-    "fail-budget": "❌ fail (budget)",
-    "fail-regression": "❌ fail (regression)",
+    "fail-budget": "❌ fail-budget",
+    "fail-regression": "❌ fail-regression",
     "invalid": "⚠️ invalid",
+    "fail": "❌ fail",
+    "error": "⛔ error",
+    "skip": "⏭️ skip",
 }
-
-
-class ReportWarning(UserWarning):
-    """A report could not be written in full (matplotlib missing)."""
+_PYTEST_ORDER = ("failed", "invalid", "passed", "skipped", "error")  # as pytest's own summary line
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class ReportRow:
     e2e_ms_p95: float | None
     output_tok_per_s: float | None
     total_tok_per_s: float | None
-    error_rate: float
+    error_rate: float | None
     outcome: str
     reason: str
 
@@ -82,6 +86,16 @@ class ReportRow:
             reason=outcome.reason if outcome is not None else "",
         )
 
+    @classmethod
+    def unmeasured(cls, nodeid: str, model: str, backend: str, outcome: Outcome) -> ReportRow:
+        """A test that measured nothing (its server never started, an argument was refused)."""
+        return cls(
+            nodeid=nodeid, model=model, backend=backend, scenario="-", input_tokens=0, output_tokens=0,
+            concurrency=0, rate=None, requests=0, ttft_ms_p50=None, ttft_ms_p95=None, tpot_ms_p50=None,
+            e2e_ms_p50=None, e2e_ms_p95=None, output_tok_per_s=None, total_tok_per_s=None,
+            error_rate=None, outcome=outcome.kind, reason=outcome.reason,
+        )  # fmt: skip
+
     @property
     def test(self) -> str:
         """The test's name without its file: ``test_decode[gemma3-270m-64-4]``."""
@@ -94,7 +108,9 @@ def _num(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.1f}"
 
 
-def _pct(value: float) -> str:
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
     return f"{value:.0%}" if value in (0.0, 1.0) else f"{value:.1%}"
 
 
@@ -147,11 +163,20 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def headline(rows: Sequence[ReportRow]) -> str:
+    """``4 tests: 3 failed, 1 passed (1 fail-budget, 2 fail)``: pytest's counts, then the kinds."""
+    word_of = {str(kind): word for kind, word in PYTEST_WORDS.items()}
+    words = [word_of.get(r.outcome, "passed") for r in rows if r.outcome]
+    counts = ", ".join(f"{words.count(w)} {w}" for w in _PYTEST_ORDER if w in words)
+    kinds = {kind: sum(r.outcome == kind for r in rows) for kind in _BADGES if kind != "pass"}
+    detail = ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n)
+    tests = f"{len(rows)} test" + ("" if len(rows) == 1 else "s")
+    return f"{tests}: {counts}" + (f" ({detail})" if detail else "")
+
+
 def render_markdown(rows: Sequence[ReportRow]) -> str:
     """A GitHub-flavoured summary: counts, a table per model, then every failing reason."""
-    counts = {kind: sum(r.outcome == kind for r in rows) for kind in _BADGES}
-    head = ", ".join(f"{counts[k]} {label}" for k, label in _BADGES.items() if counts[k])
-    out = [f"## LLM performance: {len(rows)} tests" + (f" ({head})" if head else ""), ""]
+    out = [f"## LLM performance: {headline(rows)}", ""]
     models: dict[tuple[str, str], list[ReportRow]] = {}
     for row in rows:
         models.setdefault((row.model, row.backend), []).append(row)
@@ -198,7 +223,7 @@ def junit_properties(result: RunResult, outcome: Outcome | None) -> list[tuple[s
         ("llm_concurrency", row.concurrency),
         ("llm_requests", row.requests),
     ]
-    figures = {
+    figures: dict[str, float | None] = {
         "llm_ttft_ms_p50": row.ttft_ms_p50,
         "llm_ttft_ms_p95": row.ttft_ms_p95,
         "llm_tpot_ms_p50": row.tpot_ms_p50,
@@ -312,22 +337,22 @@ def _draw(path: Path, chart: _Chart, rows: Sequence[ReportRow]) -> bool:
     return True
 
 
+def plots_available() -> bool:
+    """Whether matplotlib can be imported (it is the optional ``plots`` extra)."""
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def write_plots(directory: Path, items: Sequence[RunResult | ReportRow]) -> list[Path]:
     """Draw the classic curves of the closed-loop cases into PNGs; return the files written.
 
     A chart with no line of at least two points (every case shares its x
-    value) is skipped. Without
-    matplotlib nothing is drawn and a ``ReportWarning`` says how to get it.
+    value) is skipped, and so is everything without matplotlib (see
+    ``plots_available``; ``PLOTS_HINT`` says how to get it).
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        warnings.warn(
-            "pytest-llmperf: matplotlib is not installed, so --llm-report wrote no plots; "
-            "pip install 'pytest-llmperf[plots]' to get them",
-            ReportWarning,
-            stacklevel=2,
-        )
+    if not plots_available():
         return []
     rows = [i if isinstance(i, ReportRow) else ReportRow.from_result("", i) for i in items]
     rows = [r for r in rows if r.rate is None]  # open-loop cases have no fixed concurrency to plot against

@@ -1,9 +1,11 @@
 """``--llm-save-requests``: one JSONL line per request, written as it finishes.
 
-Each line holds the raw ``perf_counter_ns`` stamps from which every reported
-metric can be recomputed. Lines are flushed one by one, so a run cut off by a
-dying server or Ctrl-C keeps what it measured. Request headers (and so any
-API key) are never part of a record.
+Each request line (``"kind": "request"``) holds the raw ``perf_counter_ns``
+stamps from which every reported metric can be recomputed. Lines are flushed
+one by one, so a run cut off by a dying server or Ctrl-C keeps what it
+measured. Once pytest has reported the test, one last line (``"kind":
+"outcome"``) carries its final outcome and reasons, the same as every other
+artifact. Request headers (and so any API key) are never part of a record.
 """
 
 from __future__ import annotations
@@ -39,7 +41,12 @@ class RequestLog:
     def write(self, record: RequestRecord) -> None:
         if self._handle is None:
             return
-        line: dict[str, Any] = {"model": self._model, "backend": self._backend, **asdict(record)}
+        line: dict[str, Any] = {
+            "kind": "request",
+            "model": self._model,
+            "backend": self._backend,
+            **asdict(record),
+        }
         line["chunk_ns"] = list(record.chunk_ns)
         line["chunk_tokens"] = list(record.chunk_tokens)
         self._handle.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -49,6 +56,18 @@ class RequestLog:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    @staticmethod
+    def write_outcome(directory: Path, nodeid: str, line: dict[str, Any]) -> Path | None:
+        """Append the test's final ``{"kind": "outcome", ...}`` line to its request log, if it has one."""
+        path = directory / f"{file_stem(nodeid)}.jsonl"
+        if not path.is_file():
+            return None
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(
+                json.dumps({"kind": "outcome", "nodeid": nodeid, **line}, separators=(",", ":")) + "\n"
+            )
+        return path
 
     @staticmethod
     def write_series(directory: Path, nodeid: str, series: list[dict[str, Any]]) -> Path:

@@ -40,9 +40,13 @@ class LaunchRequest:
     """What the session asks a backend for: one model, sized for the session.
 
     ``max_concurrency`` and ``max_context`` come from the collected tests (the
-    highest concurrency, the longest input + output), so the server gets one
-    slot per concurrent request. ``options`` holds backend knobs by name
-    (``tensor_parallel_size``, ``dtype``, ...); ``api_key`` is never logged.
+    highest concurrency, the longest input + output) or from a run that needs
+    more, so the server gets one slot per concurrent request. ``options``
+    holds backend knobs by name (``tensor_parallel_size``, ``dtype``, ...).
+    ``base_url`` never carries credentials; ``auth_headers`` holds what a
+    server we attach to wants (``Authorization: Bearer <api_key>`` or HTTP
+    basic auth from the URL's ``user:password@``). Neither they nor
+    ``api_key`` are ever shown or logged.
     """
 
     model: ModelSpec
@@ -52,6 +56,7 @@ class LaunchRequest:
     start_timeout_s: float = 600.0
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)
+    auth_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     executable: str | None = None
     extra_args: tuple[str, ...] = ()
     options: Mapping[str, str] = field(default_factory=dict)
@@ -117,7 +122,10 @@ class StartedServer:
     """A server process that we started and will stop: what every such backend shares.
 
     Backends subclass it for their extra fields; ``label`` names the program in
-    messages ("llama-server for gemma3-270m exited with code -9 ...").
+    messages ("llama-server for gemma3-270m exited with code -9 ..."). ``slots``
+    (requests it serves at once) and ``slot_context_tokens`` (tokens one request
+    may hold, prompt and output together) are what it was started with, where
+    the backend knows them; a run that needs more gets a restarted server.
     """
 
     model: str
@@ -129,7 +137,9 @@ class StartedServer:
     label: str
     engine_version: str | None = None
     model_id: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    slots: int | None = None
+    slot_context_tokens: int | None = None
 
     @property
     def pid(self) -> int | None:
@@ -232,7 +242,11 @@ class ManagedProcess:
         self.argv = list(argv)
         self.log_path = log_path
         self.stop_grace_s = stop_grace_s
+        self.healthy_after_s: float | None = None
+        """Seconds from launch to the first healthy answer (``wait_healthy``): start-up only,
+        never a build or a download that came before the launch."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.launched_at = time.monotonic()
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log.write(f"$ {' '.join(self.argv)}\n".encode())
         self._log.flush()
@@ -285,8 +299,8 @@ class ManagedProcess:
         code = self.proc.poll()
         if code is not None:
             raise ServerDiedError(
-                f"{what} (pid {self.pid}) exited with code {code}; log {self.log_path}, last lines:\n"
-                + self.log_tail()
+                f"{what} (pid {self.pid}) exited with code {code} (log {self.log_path}); "
+                f"last lines of its log:\n{self.log_tail()}"
             )
 
     def wait_healthy(
@@ -305,20 +319,22 @@ class ManagedProcess:
         started = time.monotonic()
         while True:
             if is_healthy():
-                return time.monotonic() - started
+                now = time.monotonic()
+                self.healthy_after_s = now - self.launched_at
+                return now - started
             code = self.proc.poll()
             if code is not None:
                 self.stop()
                 raise ServerStartError(
-                    f"{what} exited with code {code} before it became healthy; "
-                    f"log {self.log_path}, last lines:\n{self.log_tail()}"
+                    f"{what} exited with code {code} before it became healthy (log {self.log_path}); "
+                    f"last lines of its log:\n{self.log_tail()}"
                 )
             if time.monotonic() - started > timeout_s:
                 self.stop()
                 raise ServerStartError(
                     f"{what} did not become healthy within {timeout_s:g} s "
-                    f"(raise --llm-start-timeout if it is just slow); log {self.log_path}, "
-                    f"last lines:\n{self.log_tail()}"
+                    f"(raise --llm-start-timeout if it is just slow; log {self.log_path}); "
+                    f"last lines of its log:\n{self.log_tail()}"
                 )
             time.sleep(poll_s)
 

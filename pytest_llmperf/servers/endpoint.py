@@ -1,9 +1,12 @@
 """The ``openai`` backend: any running OpenAI-compatible endpoint, as it is.
 
 We never start or stop it; we check once that it answers, find the model
-name it serves, and send ``Authorization: Bearer <key>`` when a key is
-given. Since we cannot know what the engine honours, capabilities are
-conservative unless server options say more:
+name it serves, and send the credentials it wants: ``Authorization: Bearer
+<key>`` for ``--llm-api-key-env``, HTTP basic auth for a ``user:password@``
+in ``--llm-base-url`` (the session strips it from the URL and hands it over
+as ``LaunchRequest.auth_headers``). We cannot know its slots or context, so
+it is measured as it is. Since we cannot know what the engine honours,
+capabilities are conservative unless server options say more:
 
 * ``api=chat`` for ``/v1/chat/completions`` (default ``completions``);
 * ``ignore_eos=true`` when the engine honours ``ignore_eos`` (vLLM, SGLang,
@@ -73,7 +76,7 @@ def _flag(options: Mapping[str, str], key: str, *, default: bool) -> bool:
     raise ConfigError(f"server option {key}={value!r}: expected true or false")
 
 
-def served_model(spec: ModelSpec, listed: list[str], explicit: str | None) -> str:
+def served_model(spec: ModelSpec, listed: list[str], explicit: str | None, base_url: str = "") -> str:
     """The name to put in requests: ``model=`` if given, else the first of the
     registry name, Hugging Face id and Ollama tag that the endpoint lists."""
     if explicit:
@@ -84,9 +87,15 @@ def served_model(spec: ModelSpec, listed: list[str], explicit: str | None) -> st
             return name
     if not listed:
         return spec.name  # no /v1/models: trust the user's name
+    where = f"the endpoint at {base_url}" if base_url else "the endpoint"
+    return _wrong_name(where, spec.name, listed)
+
+
+def _wrong_name(where: str, name: str, listed: list[str]) -> str:
+    first = listed[0]
     raise ConfigError(
-        f"the endpoint serves {', '.join(listed)}, not {spec.name!r}: pass --llm-model with one of those, "
-        "or --llm-server-option model=NAME"
+        f"{where} serves {', '.join(listed)}, not {name!r}: select it with --llm-model {first} "
+        f"(or keep the name and add --llm-server-option model={first})"
     )
 
 
@@ -134,7 +143,9 @@ class OpenAIEndpointBackend:
             raise ConfigError("--llm-backend=openai attaches to a running endpoint: add --llm-base-url=URL")
         base_url = normalize_base_url(request.base_url)
         caps = capabilities(request.options)
-        headers = {"Authorization": f"Bearer {request.api_key}"} if request.api_key else {}
+        headers = dict(request.auth_headers)
+        if not headers and request.api_key:
+            headers = {"Authorization": f"Bearer {request.api_key}"}
         status = _health(base_url, headers)
         if status is None:
             raise ServerStartError(
@@ -143,10 +154,11 @@ class OpenAIEndpointBackend:
         if status in (401, 403):
             raise ServerStartError(
                 f"the endpoint at {base_url} refused us (HTTP {status}): set --llm-api-key-env to the "
-                "environment variable that holds its key"
+                "environment variable that holds its key, or put user:password@ in --llm-base-url "
+                "for HTTP basic auth"
             )
         listed = _model_ids(base_url, headers) if status == 200 else []
-        model = served_model(request.model, listed, request.options.get("model"))
+        model = served_model(request.model, listed, request.options.get("model"), base_url)
         self.progress(f"attached to the endpoint at {base_url}, model {model}")
         return EndpointServer(model=model, base_url=base_url, capabilities=caps, headers=headers)
 

@@ -162,6 +162,7 @@ class LlamaCppBackend:
                 engine_version=engine_version(binary),
                 model_id=gguf.name,
                 slots=slots,
+                slot_context_tokens=per_slot,
             )
         raise AssertionError("unreachable: the second attempt returns or raises")
 

@@ -77,6 +77,8 @@ class VllmPlan:
     cache_dir: Path
     capabilities: Capabilities
     on_gpu: bool
+    max_num_seqs: int = 1
+    max_model_len: int | None = None
 
 
 def capabilities(api: str) -> Capabilities:
@@ -184,6 +186,8 @@ def plan(
         cache_dir=cache_dir,
         capabilities=capabilities(options.get("api", "completions")),
         on_gpu=on_gpu,
+        max_num_seqs=seqs,
+        max_model_len=max_len,
     )
 
 
@@ -308,6 +312,8 @@ class VllmBackend:
             model_id=p.model_id,
             cache_dir=p.cache_dir,
             startup_s=startup_s,
+            slots=p.max_num_seqs,
+            slot_context_tokens=p.max_model_len,
         )
 
     def _tiny_model(self, command: list[str]) -> Path:

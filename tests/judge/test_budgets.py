@@ -6,6 +6,8 @@ import pytest
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge.budgets import (
+    DEFAULT_SOURCE,
+    DEFAULTS,
     KEYS,
     PRESETS,
     Budget,
@@ -204,7 +206,18 @@ def test_precedence_cli_over_marker_over_config_per_key() -> None:
         "tpot_ms_p50": (45.0, "marker"),
         "ttft_ms_p95": (500.0, "--llm-budget"),
     }
-    assert merge_budgets(cli=cli, marker=marker, config=config) == merged
+    # The default layer sits under all of them: errors fail a test unless a budget allows them.
+    assert limits(merge_budgets(DEFAULTS)) == {"error_rate_max": (0.0, DEFAULT_SOURCE)}
+    assert merge_budgets(DEFAULTS, config, marker, cli) == merged
+    assert limits(merge_budgets(DEFAULTS, None, marker)) == {
+        "error_rate_max": (0.0, DEFAULT_SOURCE),
+        "tpot_ms_p50": (45.0, "marker"),
+        "ttft_ms_p95": (600.0, "marker"),
+    }
+    assert (
+        "error_rate_max"
+        not in merge_budgets(DEFAULTS, None, None, parse_cli(["error_rate_max=off"])).as_dict()
+    )
 
 
 def test_a_higher_layer_can_switch_a_budget_off() -> None:
@@ -220,8 +233,9 @@ def test_violation_lines_name_metric_value_limit_and_source() -> None:
     budgets = parse_marker(
         (), {"ttft_ms_p95": 500, "tpot_ms_p50": 40, "output_tok_per_s_min": 200, "error_rate_max": 0}
     )
-    assert budgets.violations(summary(error_rate=0.0625)) == (
-        "error_rate = 0.0625 exceeds budget 0 (marker)",
+    failing = summary(completed=15, errors=1, error_rate=0.0625, first_error="HTTP 503: overloaded")
+    assert budgets.violations(failing) == (
+        "1 of 16 requests failed (error_rate 0.0625 > error_rate_max 0, marker); first: HTTP 503: overloaded",
         "output_tok_per_s = 150 tok/s below budget 200 tok/s (marker)",
         "ttft_ms p95 = 600 ms exceeds budget 500 ms (marker)",
     )

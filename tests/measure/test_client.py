@@ -87,7 +87,15 @@ def test_multi_token_chunks(
     ("fault", "api", "expected"),
     [
         ("http500", "completions", "HTTP 500: "),
-        ("http500", "ollama-chat", 'HTTP 500: {"error":"detserver: injected fault http500"}'),
+        ("http500", "ollama-chat", "HTTP 500: detserver: injected fault http500"),
+        # OpenAI's error bodies: the status and the server's own message, not the JSON around it.
+        (
+            "http429",
+            "completions",
+            "HTTP 429: Rate limit reached for requests per min (RPM): Limit 3, Used 3",
+        ),
+        ("http503", "chat", "HTTP 503: The engine is currently overloaded, please try again later"),
+        ("http401", "ollama-generate", "HTTP 401: Incorrect API key provided."),
         ("malformed", "completions", "malformed SSE event #5"),
         ("malformed", "chat", "malformed SSE event #6"),  # after the role chunk
         ("malformed", "ollama-generate", "malformed NDJSON line #5"),

@@ -135,6 +135,34 @@ def test_no_usage_leaves_counts_unknown() -> None:
     assert (p.output_tokens, p.chunk_tokens) == (None, ())
 
 
+def http_error(status: int, body: bytes) -> list[Read]:
+    head = f"HTTP/1.1 {status} X\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+    return [(1, head + body)]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # OpenAI, and vLLM since 0.8
+        (b'{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}',
+         "HTTP 429: Rate limit reached"),
+        # llama-server, rejecting a request longer than a slot's context
+        (b'{"error":{"code":400,"message":"request (301 tokens) exceeds the available context size '
+         b'(256 tokens), try increasing it","type":"exceed_context_size_error","n_prompt_tokens":301}}',
+         "HTTP 429: request (301 tokens) exceeds the available context size (256 tokens), try increasing it"),
+        (b'{"object":"error","message":"maximum context length is 2048","type":"BadRequestError"}',
+         "HTTP 429: maximum context length is 2048"),  # older vLLM
+        (b'{"detail":"Not Found"}', "HTTP 429: Not Found"),  # FastAPI
+        (b'{"error":"model \'x\' not found"}', "HTTP 429: model 'x' not found"),  # Ollama
+        (b"<html>Too Many Requests</html>", "HTTP 429: <html>Too Many Requests</html>"),
+        (b"", "HTTP 429 (empty body)"),
+    ],
+)  # fmt: skip
+def test_an_http_error_carries_the_servers_message(body: bytes, message: str) -> None:
+    p = parse_response("completions", http_error(429, body), 999, 4)
+    assert (p.status, p.error) == (429, message)
+
+
 @pytest.mark.parametrize(
     ("reads", "api", "message"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from pytest_llmperf.output.report import (
     MARKDOWN_NAME,
     PLOT_NAMES,
     ReportRow,
-    ReportWarning,
+    headline,
     junit_properties,
+    plots_available,
     render_markdown,
     terminal_table,
     write_markdown,
@@ -107,11 +109,11 @@ t.py::test_a[x-4]: fail-budget: ttft_ms p95 = 812 ms exceeds budget 500 ms (mark
 
 def test_markdown_summary_for_a_ci_job() -> None:
     text = render_markdown(rows())
-    assert text.splitlines()[0] == "## LLM performance: 3 tests (2 ✅ pass, 1 ❌ fail (budget))"
+    assert text.splitlines()[0] == "## LLM performance: 3 tests: 1 failed, 2 passed (1 fail-budget)"
     assert "### gemma3-270m (llamacpp)" in text
     assert "### a-model (llamacpp)" in text
     assert (
-        "| `test_a[x-4]` | in128-out64-c4 | 1056 | 1320 | 60.0 | 4836 | 52.9 | 0% | ❌ fail (budget) |"
+        "| `test_a[x-4]` | in128-out64-c4 | 1056 | 1320 | 60.0 | 4836 | 52.9 | 0% | ❌ fail-budget |"
     ) in text.splitlines()
     assert text.endswith(
         "### Failures\n\n"
@@ -186,10 +188,32 @@ def test_rows_plot_like_results(tmp_path: Path) -> None:
     assert [p.name for p in from_rows] == list(PLOT_NAMES)
 
 
-def test_missing_matplotlib_is_a_warning_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    with pytest.warns(
-        ReportWarning, match=r"matplotlib is not installed.*pip install 'pytest-llmperf\[plots\]'"
-    ):
+def test_missing_matplotlib_draws_nothing_and_warns_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    assert not plots_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert write_plots(tmp_path, grid()) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_headline_counts_like_pytest_and_names_each_kind() -> None:
+    kinds = ["pass", "fail", "fail-budget", "error", "skip", "invalid", "fail"]
+    many = [dataclasses.replace(rows()[0], outcome=kind) for kind in kinds]
+    assert headline(many) == (
+        "7 tests: 3 failed, 1 invalid, 1 passed, 1 skipped, 1 error "
+        "(1 fail-budget, 1 invalid, 2 fail, 1 error, 1 skip)"
+    )
+    assert headline(many[:1]) == "1 test: 1 passed"
+
+
+def test_a_test_that_measured_nothing_has_a_row_without_figures() -> None:
+    row = ReportRow.unmeasured(
+        "t.py::test_x[m]", "m", "llamacpp", Outcome("error", ("llama-server for m could not start",))
+    )
+    table = terminal_table([row])
+    assert table.splitlines()[2].split() == ["m", "test_x[m]", "-", "-", "-", "-", "-", "-", "error"]
+    assert table.splitlines()[3] == "t.py::test_x[m]: error: llama-server for m could not start"
+    assert "| `test_x[m]` | - | - | - | - | - | - | - | ⛔ error |" in render_markdown([row])

@@ -37,7 +37,7 @@ def test_run(llm_perf):
 
 # fault, backend, served model, the error every faulty request must carry
 FAULTS = [
-    ("http500", "openai", "org/det", r"^HTTP 500: .*detserver: injected fault http500"),
+    ("http500", "openai", "org/det", r"^HTTP 500: detserver: injected fault http500$"),
     ("malformed", "openai", "org/det", r"^malformed SSE event #\d+: "),
     ("malformed", "ollama", "det:latest", r"^malformed NDJSON line #\d+: "),
     ("truncate", "openai", "org/det", r"^stream truncated: no \[DONE\] after 4 content chunks"),
@@ -79,16 +79,21 @@ def test_faulty_responses_are_errors_with_their_message(
         pytester, tmp_path, fault=fault, backend=backend, model=model, concurrency=2
     )
 
-    # Above its error-rate budget, the run fails, and says which budget.
+    # Above its error-rate budget, the run fails, and says which budget and the first error.
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([f"*test_run*{model}*fail-budget: error_rate = 0.25 exceeds budget 0*"])
+    reason = (
+        f"2 of 8 requests failed (error_rate 0.25 > error_rate_max 0, llm_budget of "
+        f"test_run.py::test_run[{model}]); first: "
+    )
+    result.stdout.fnmatch_lines([f"*test_run*{model}*fail-budget: {reason.replace('[', '[[]')}*"])
 
     # The benchmark JSON counts the errors...
     llm = bench_entries(bench)[f"test_run[{model}]"]
     assert (llm["requests"], llm["completed"], llm["errors"], llm["error_rate"]) == (8, 6, 2, 0.25)
     assert llm["outcome"] == "fail-budget"
-    reason = f"error_rate = 0.25 exceeds budget 0 (llm_budget of test_run.py::test_run[{model}])"
-    assert llm["reasons"] == [reason]
+    assert len(llm["reasons"]) == 1
+    assert llm["reasons"][0].startswith(reason)
+    assert re.search(error, llm["reasons"][0].split("; first: ", 1)[1]), llm["reasons"]
     # ...and its latency figures come from the good requests only.
     assert llm["output_tokens_mean"] == 8
     assert len(llm["samples"]["e2e_ms"]) == 6
@@ -121,7 +126,9 @@ def test_requests_past_the_request_timeout_are_errors_and_nothing_hangs(
     elapsed = time.monotonic() - started
 
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*fail-budget: error_rate = 0.25 exceeds budget 0*"])
+    result.stdout.fnmatch_lines(
+        ["*fail-budget: 2 of 8 requests failed (error_rate 0.25 > error_rate_max 0, *"]
+    )
     llm = bench_entries(bench)["test_run[org/det]"]
     assert (llm["completed"], llm["errors"], llm["error_rate"]) == (6, 2, 0.25)
 

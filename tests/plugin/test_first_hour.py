@@ -47,7 +47,10 @@ def test_report_without_matplotlib_writes_the_markdown_and_says_how_to_get_plots
     assert (report / "llmperf-summary.md").read_text().startswith("## LLM performance: 1 test: 1 passed")
     assert list(report.glob("*.png")) == []
     result.stdout.fnmatch_lines(
-        ["*no plots in *report: matplotlib is not installed; pip install 'pytest-llmperf[plots]' to get them"]
+        [
+            "*no plots in *report: matplotlib is not installed; "
+            "pip install 'pytest-llmperf[[]plots[]]' to get them"
+        ]
     )
     text = result.stdout.str() + result.stderr.str()
     assert text.count("matplotlib is not installed") == 1

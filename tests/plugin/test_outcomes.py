@@ -27,6 +27,7 @@ from reliability_support import (
     request_lines,
 )
 
+from pytest_llmperf.errors import BaselineError
 from pytest_llmperf.judge.baseline import load_baseline
 from pytest_llmperf.testing.harness import running_detserver
 
@@ -83,7 +84,8 @@ def test_a_run_whose_every_request_fails_is_a_failure_with_the_servers_message(
         check=False,
     )
     assert compare.returncode == 0, compare.stdout + compare.stderr
-    assert load_baseline(bench).llm("test_run.py::test_run[org/det]") is None  # a failed run is no baseline
+    with pytest.raises(BaselineError, match="holds no pytest-llmperf entries"):
+        load_baseline(bench)  # a run that measured nothing is no baseline, and the reader says so
 
 
 def test_an_error_budget_raised_on_purpose_still_never_passes_a_run_that_completed_nothing(
@@ -95,7 +97,8 @@ def test_an_error_budget_raised_on_purpose_still_never_passes_a_run_that_complet
         result = pytester.runpytest_subprocess(
             *attach_args(server), "--llm-budget=error_rate_max=1", timeout=120
         )
-    result.assert_outcomes(failed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert result.parseoutcomes() == {"invalid": 1}  # a failure pytest counts under the plugin's word
     result.stdout.fnmatch_lines(
         ["*invalid: no request completed (8 of 8 failed), so nothing was measured; first: HTTP 503: *"]
     )
@@ -119,6 +122,9 @@ def test_budget(llm_perf):
 
 def test_bad_argument(llm_perf):
     llm_perf.run(input_tokens=17, output_tokens=4, requests=0)
+
+def test_all_time_out(llm_perf):
+    llm_perf.run(input_tokens=17, output_tokens=4, requests=2, timeout_s=0.001)
 """
 
 FINAL = {
@@ -126,6 +132,7 @@ FINAL = {
     "test_assert": ("fail", "AssertionError: assert 4 == 99"),
     "test_budget": ("fail-budget", "ttft_ms p95 = "),
     "test_bad_argument": ("fail", "llm_perf.run(requests=0): "),
+    "test_all_time_out": ("fail-budget", "2 of 2 requests failed (error_rate 1 > error_rate_max 0, "),
 }
 
 
@@ -146,20 +153,34 @@ def test_every_artifact_carries_the_outcome_pytest_reported(
             f"--junitxml={out / 'junit.xml'}",
             timeout=120,
         )
-    result.assert_outcomes(passed=1, failed=3)
+    result.assert_outcomes(passed=1, failed=4)
     counts = result.parseoutcomes()
 
-    # The JSON entry of each test that measured (the bad argument measured nothing).
+    # The JSON entry of each test that measured (the bad argument measured nothing), also of the
+    # one whose every request timed out; pytest-benchmark's compare and our reader load the file.
     entries = bench_entries(out / "bench.json")
-    assert set(entries) == {f"{name}[org/det]" for name in ("test_good", "test_assert", "test_budget")}
+    measured = ("test_good", "test_assert", "test_budget", "test_all_time_out")
+    assert set(entries) == {f"{name}[org/det]" for name in measured}
     for name, llm in entries.items():
         kind, reason = FINAL[name.split("[")[0]]
         assert llm["outcome"] == kind, (name, llm["outcome"], llm["reasons"])
-        assert llm["completed"] == 4  # what was measured is kept, whatever the outcome
+        # What was measured is kept, whatever the outcome.
+        assert llm["completed"] == (0 if name.startswith("test_all_time_out") else 4)
         if reason is None:
             assert llm["reasons"] == []
         else:
             assert llm["reasons"][0].startswith(reason), llm["reasons"]
+
+    baseline = load_baseline(out / "bench.json")
+    assert baseline.llm("test_four.py::test_good[org/det]") is not None
+    compare = subprocess.run(
+        [str(Path(sys.executable).parent / "pytest-benchmark"), "compare", str(out / "bench.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert "test_good[org/det]" in compare.stdout
 
     # The final JSONL line of each test that sent requests.
     finals = outcome_lines(out / "requests")
@@ -175,9 +196,11 @@ def test_every_artifact_carries_the_outcome_pytest_reported(
     # The Markdown report: the same outcomes, and the same counts as pytest's summary line.
     markdown = (out / "report" / "llmperf-summary.md").read_text()
     headline = markdown.splitlines()[0]
-    assert headline.startswith(
-        f"## LLM performance: 4 tests: {counts['passed']} passed, {counts['failed']} failed"
-    )
+    found = {
+        word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|invalid|skipped|errors?)\b", headline)
+    }
+    assert headline.startswith("## LLM performance: 5 tests: ")
+    assert found == {"failed": counts["failed"], "passed": counts["passed"]}
     for name, (kind, _reason) in FINAL.items():
         row = next(line for line in markdown.splitlines() if line.startswith(f"| `{name}["))
         assert row.rstrip(" |").endswith(kind) or kind in row, row

@@ -63,8 +63,16 @@ BAD_CALLS: dict[str, tuple[str, str]] = {
     "unknown_arrival": ("arrival='burst'", "llm_perf.run(arrival='burst'): use 'poisson' or 'constant'"),
 }
 
+
+def full_call(call: str) -> str:
+    """The call with the lengths it does not name: every test sends 17-token prompts otherwise."""
+    given = {part.split("=")[0].strip() for part in call.split(",")}
+    defaults = [f"{k}={v}" for k, v in (("input_tokens", 17), ("output_tokens", 4)) if k not in given]
+    return ", ".join([*defaults, call])
+
+
 TESTS = "\n".join(
-    f"def test_{name}(llm_perf):\n    llm_perf.run(input_tokens=17, output_tokens=4, {call})\n"
+    f"def test_{name}(llm_perf):\n    llm_perf.run({full_call(call)})\n"
     for name, (call, _line) in BAD_CALLS.items()
 )
 

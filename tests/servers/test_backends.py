@@ -256,7 +256,11 @@ def test_endpoint_attaches_finds_the_served_model_and_streams(det: DetServer, tm
 def test_endpoint_matches_the_hf_id_or_takes_an_explicit_name(det: DetServer, tmp_path: Path) -> None:
     by_id = attach(det, tmp_path, ModelSpec(name="my-alias", vllm="detserver"))
     assert by_id.model == "detserver"
-    with pytest.raises(ConfigError, match=r"the endpoint serves detserver, not 'llama3.1-8b'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the endpoint at http://127.0.0.1:\d+ serves detserver, not 'llama3.1-8b': select it with "
+        r"--llm-model detserver \(or keep the name and add --llm-server-option model=detserver\)",
+    ):
         attach(det, tmp_path, ModelSpec(name="llama3.1-8b", vllm="meta-llama/Llama-3.1-8B-Instruct"))
     explicit = attach(
         det, tmp_path, ModelSpec(name="x"), options={"model": "served-as", "ignore_eos": "true"}
