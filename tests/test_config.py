@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,57 @@ def test_an_in_process_session_gives_back_the_sigterm_handler(pytester: pytest.P
     )
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_credentials_in_the_base_url_are_split_off_and_never_shown() -> None:
+    s = settings({"llm_backend": "openai", "llm_base_url": "http://alice:s%40cret@127.0.0.1:8000/v1/"})
+    assert s.base_url == "http://127.0.0.1:8000/v1"
+    assert s.url_credentials == ("alice", "s@cret")
+    token = base64.b64encode(b"alice:s@cret").decode()
+    assert s.auth_headers == {"Authorization": f"Basic {token}"}
+    assert "s@cret" not in repr(s)
+    assert "alice" not in repr(s)
+    placeholders = dict(s.redactions)
+    assert set(placeholders) == {"alice:s@cret", token, "s@cret"}
+    assert set(placeholders.values()) == {"<redacted: --llm-base-url credentials>"}
+    assert [len(secret) for secret, _ in s.redactions] == sorted((len(x) for x in placeholders), reverse=True)
+
+
+def test_an_api_key_is_a_bearer_token_and_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-123")
+    s = settings({"llm_backend": "openai", "llm_base_url": "http://h:1", "llm_api_key_env": "MY_KEY"})
+    assert s.auth_headers == {"Authorization": "Bearer sk-123"}
+    assert s.redactions == (("sk-123", "<redacted: --llm-api-key-env>"),)
+    assert settings().auth_headers == {}
+    assert settings().redactions == ()
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        (
+            {"llm_backend": "openai", "llm_base_url": "http://a:pw@h:1", "llm_api_key_env": "K"},
+            "--llm-base-url carries credentials (user:password@) and --llm-api-key-env names a key: give one",
+        ),
+        (
+            {"llm_backend": "ollama", "llm_base_url": "http://a:pw@h:1"},
+            "the ollama backend sends no credentials: drop user:password@ from --llm-base-url",
+        ),
+        ({"llm_base_url": "a:pw@h:1"}, "--llm-base-url must start with http:// or https://, not 'h:1'"),
+    ],
+)
+def test_credentials_that_cannot_be_used_are_refused_without_showing_them(
+    cli: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings(cli)
+    assert str(info.value).startswith(message)
+    assert "pw" not in str(info.value)
+
+
+def test_the_prompt_salt_is_random_per_session_unless_given() -> None:
+    first, second = settings().prompt_salt, settings().prompt_salt
+    assert len(first) == 8
+    assert first != second
+    assert settings({"llm_prompt_salt": "fixed-7"}).prompt_salt == "fixed-7"
+    assert settings(ini={"llm_prompt_salt": "from-ini"}).prompt_salt == "from-ini"

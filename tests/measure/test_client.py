@@ -8,6 +8,7 @@ so they hold on any machine, however loaded.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from pathlib import Path
 
@@ -182,3 +183,21 @@ def test_open_file_limit_is_raised_when_needed() -> None:
     want = min(soft + 16, hard) if hard != resource.RLIM_INFINITY else soft + 16
     assert client.raise_open_file_limit(want) >= want
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= want
+
+
+def test_a_concurrency_this_process_cannot_hold_is_named(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        assert client.concurrency_problem(8) is None
+        if hard != resource.RLIM_INFINITY:
+            problem = client.concurrency_problem(hard)  # raises the soft limit to the hard one first
+            assert problem == (
+                f"{hard} requests in flight need about {hard + 64} open files, but this process may open "
+                f"at most {hard} (ulimit -Hn); lower the concurrency to {hard - 64} or raise the hard limit"
+            )
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    ports = tmp_path / "ip_local_port_range"
+    ports.write_text("32768\t60999\n")
+    assert client.local_port_count(str(ports)) == 28232
+    assert client.local_port_count(str(tmp_path / "missing")) is None

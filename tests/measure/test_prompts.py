@@ -71,6 +71,17 @@ def test_prompts_via_tokenize_are_exact_and_distinct(det: DetServer, api: Api, d
     assert built != prompts.build_prompts(target, 40, 6, seed=8)
 
 
+@pytest.mark.parametrize("tokenize", ["vllm", None], ids=["tokenizer", "calibrated"])
+def test_the_salt_keys_the_prompts_and_keeps_their_length(det: DetServer, tokenize: str | None) -> None:
+    target = det.target("completions", tokenize=tokenize)
+    a = prompts.build_prompts(target, 40, 6, seed=0, salt="session-1/test_a")
+    b = prompts.build_prompts(target, 40, 6, seed=0, salt="session-1/test_b")
+    assert {p.text for p in a}.isdisjoint(p.text for p in b)  # another test: other prompts
+    assert a == prompts.build_prompts(target, 40, 6, seed=0, salt="session-1/test_a")  # reproducible
+    for built in (a, b):
+        assert all(server_count(det, "completions", p.text) == 40 for p in built)
+
+
 @pytest.mark.parametrize("api", ["completions", "ollama-generate", "ollama-chat"])
 def test_usage_calibration_without_tokenizer(det: DetServer, api: Api) -> None:
     target = det.target(api, tokenize=None)

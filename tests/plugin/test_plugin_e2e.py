@@ -92,6 +92,12 @@ def test_embedded_default_end_to_end(pytester: pytest.Pytester, tmp_path: Path) 
     lines = [
         json.loads(line) for p in sorted(requests_dir.glob("*.jsonl")) for line in p.read_text().splitlines()
     ]
+    # Each test's log ends with its outcome, once pytest reported it.
+    assert [(line["nodeid"], line["outcome"]) for line in lines if line["kind"] == "outcome"] == [
+        ("test_tiny.py::test_tiny[gemma3-270m-1]", "pass"),
+        ("test_tiny.py::test_tiny[gemma3-270m-2]", "pass"),
+    ]
+    lines = [line for line in lines if line["kind"] == "request"]
     measured = [line for line in lines if not line["warmup"]]
     assert len(measured) == 6
     for line in measured:
