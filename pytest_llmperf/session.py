@@ -144,8 +144,10 @@ class LlmPerfSession:
                 raise pytest.UsageError(str(exc)) from None
             concurrency = max(concurrency, _int(params.get("concurrency")))
             context = max(context, _int(params.get("input_tokens")) + _int(params.get("output_tokens")))
-        self.pool.size.slots = self.settings.max_concurrency or max(concurrency, DEFAULT_MAX_CONCURRENCY)
-        self.pool.size.context_tokens = context or DEFAULT_MAX_CONTEXT
+        if self.settings.max_concurrency is None and concurrency:
+            self.pool.size.slots = concurrency
+        if context:
+            self.pool.size.context_tokens = context
 
     # -- servers ----------------------------------------------------------------------------
 

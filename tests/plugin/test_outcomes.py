@@ -12,7 +12,9 @@ purpose, which no real engine does on demand. Inner projects run with
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -231,3 +233,55 @@ def test_the_bad_argument_is_one_line_without_a_traceback(pytester: pytest.Pytes
     assert not (tmp_path / "b.json").exists()
     assert "Not saving anything" not in text + result.stderr.str()
     result.stdout.fnmatch_lines(["*no test measured anything, so --benchmark-json wrote no file*"])
+
+
+# The endpoint freezes (SIGSTOP) once 4 measured requests are done: the rest time out, and the
+# check after the run finds it no longer answering.
+FROZEN = """
+import os, signal, threading, time
+from pathlib import Path
+
+def freeze_after(pid, n, requests):
+    while sum(p.read_text().count('"warmup":false') for p in Path(requests).glob("*.jsonl")) < n:
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGSTOP)
+
+def test_frozen(llm_perf):
+    threading.Thread(target=freeze_after, args=({pid}, 4, {requests!r}), daemon=True).start()
+    llm_perf.run(input_tokens=17, output_tokens=16, concurrency=4, requests=16, warmup=0)
+"""
+
+
+def test_a_server_that_stops_answering_mid_run_fails_the_test_in_every_artifact(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
+    with running_detserver(tmp_path / "server", model="org/det", ttft_ms=5, itl_ms=20) as server:
+        pid = server.process.pid
+        pytester.makepyfile(test_frozen=FROZEN.format(pid=pid, requests=str(out / "requests")))
+        try:
+            result = pytester.runpytest_subprocess(
+                *attach_args(server), "--llm-request-timeout=2",
+                f"--benchmark-json={out / 'bench.json'}", f"--llm-save-requests={out / 'requests'}",
+                f"--junitxml={out / 'junit.xml'}", timeout=120,
+            )  # fmt: skip
+        finally:
+            os.kill(pid, signal.SIGCONT)  # so that it can be stopped
+    result.assert_outcomes(failed=1)
+    died = f"the endpoint at {server.base_url} stopped answering"
+    result.stdout.fnmatch_lines([f"*{died}*"])
+    llm = bench_entries(out / "bench.json")["test_frozen[org/det]"]
+    assert llm["outcome"] == "fail"
+    assert llm["reasons"][0] == died
+    # 4 completed before the freeze (more only if the freezing thread ran very late); the rest timed out.
+    done, failed = llm["completed"], llm["errors"]
+    assert done >= 4
+    assert done + failed == 16
+    assert llm["reasons"][1].startswith(f"fail-budget: {failed} of 16 requests failed (error_rate ")
+    assert llm["reasons"][1].endswith("first: timeout after 2 s")
+    assert outcome_lines(out / "requests")["test_frozen.py::test_frozen[org/det]"]["outcome"] == "fail"
+    table = result.stdout.str().split("llmperf summary", 1)[1]
+    assert re.search(r"^org/det\s+test_frozen\[org/det\]\s.*%\s+fail$", table, re.M), table
+    case = next(ET.parse(out / "junit.xml").getroot().iter("testcase"))
+    assert {p.get("name"): p.get("value") for p in case.iter("property")}["llm_outcome"] == "fail"
