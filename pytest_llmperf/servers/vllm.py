@@ -39,7 +39,7 @@ from pytest_llmperf.servers.base import (
     server_env,
 )
 from pytest_llmperf.servers.hardware import read_gpus
-from pytest_llmperf.servers.models import TINY_LLAMA_ID, ModelSpec
+from pytest_llmperf.servers.models import TINY_LLAMA_ID, ModelSpec, table_header
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -191,7 +191,7 @@ def _model_id(spec: ModelSpec) -> str:
     if spec.vllm is None:
         raise ConfigError(
             f'model {spec.name!r} has no Hugging Face id for vLLM; set vllm = "org/name" '
-            f"under [tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+            f"under {table_header(spec.name)} or pick another --llm-backend"
         )
     return spec.vllm
 
