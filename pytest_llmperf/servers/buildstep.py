@@ -124,6 +124,7 @@ def run_step(
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()  # reaped now: an unreaped child is a ResourceWarning later
                 raise
             code = proc.wait()
     took_s = time.monotonic() - started

@@ -8,11 +8,13 @@ the time left from ninja's ``[n/m]`` lines.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pytest_llmperf.errors import BuildError
@@ -94,6 +96,47 @@ def test_ninja_steps_give_the_count_and_the_time_left(tmp_path: Path) -> None:
     lines, _ = run_quietly([sys.executable, "-c", script], tmp_path / "log", report_every_s=0.3)
     during = lines[1:-1]
     assert any("[4/8]" in line and "left" in line for line in during), lines
+
+
+def test_an_interrupted_step_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Ctrl-C during the compile: the step's whole process group goes, compilers included."""
+    log = tmp_path / "build.log"
+    script = (
+        "import os, subprocess, time\n"
+        "child = subprocess.Popen(['sleep', '60'])\n"
+        "print('pids', os.getpid(), child.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+
+    def interrupt_once_running(line: str) -> None:
+        if line.endswith("so far") and "pids" in log.read_text():
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(KeyboardInterrupt):
+            buildstep.run_step(
+                [sys.executable, "-c", script],
+                log,
+                interrupt_once_running,
+                "compile",
+                prefix="t",
+                report_every_s=0.2,
+            )
+        gc.collect()  # an unreaped child or open pipe warns when collected
+    assert [str(w.message) for w in caught] == []
+    pids = [int(pid) for pid in log.read_text().split("pids ", 1)[1].split()[:2]]
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    running = []
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() != psutil.STATUS_ZOMBIE:  # killed, waiting for init to reap it
+                running.append(proc.pid)
+    assert running == []
 
 
 @pytest.mark.parametrize(
