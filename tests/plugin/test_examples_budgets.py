@@ -32,7 +32,14 @@ def run_examples(pytester: pytest.Pytester, tmp_path: Path, *args: str, **det: f
 
 def test_a_fast_server_meets_every_examples_budget(pytester: pytest.Pytester, tmp_path: Path) -> None:
     result = run_examples(pytester, tmp_path, ttft_ms=100, itl_ms=5)
-    result.assert_outcomes(passed=15)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) == outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
+    # On a loaded 2-core machine our own client can fall behind: that case is INVALID (never a
+    # pass, never hidden) for that reason alone, and no budget was missed.
+    assert outcomes.get("passed", 0) + outcomes.get("invalid", 0) == 15
+    for line in result.outlines:
+        if ": invalid: " in line:
+            assert "client saturated, event-loop lag p99" in line, line
 
 
 def test_a_server_with_a_broken_prefill_fails_the_ttft_budget(
