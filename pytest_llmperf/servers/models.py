@@ -3,7 +3,8 @@
 Each entry carries the architecture numbers the fit check needs (parameter
 count, layers, KV heads, head size, context), copied from the models'
 published ``config.json``. Users add or override entries with
-``[tool.llmperf.models.<name>]`` tables; a raw Hugging Face id, Ollama tag or
+``[tool.llmperf.models.<name>]`` tables (``[tool.llmperf.models."llama3.1-8b"]``:
+a name with a dot is quoted in TOML, see ``table_header``); a raw Hugging Face id, Ollama tag or
 ``.gguf`` path works as an ad-hoc entry whose architecture is unknown.
 
 This module is pure data and lookups: no I/O, no network, no imports from the
@@ -13,6 +14,9 @@ rest of the package beyond the error tree.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -122,6 +126,19 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
 }
 
+_BARE_TOML_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def table_header(name: str) -> str:
+    """The pyproject.toml header of model ``name``'s table, valid TOML as printed.
+
+    A bare key holds only letters, digits, ``-`` and ``_``: ``llama3.1-8b``
+    unquoted would be two nested keys, ``llama3`` and ``1-8b``.
+    """
+    key = name if _BARE_TOML_KEY.fullmatch(name) else json.dumps(name)
+    return f"[tool.llmperf.models.{key}]"
+
+
 _INT_KEYS = ("layers", "kv_heads", "head_dim", "context")
 _STR_KEYS = ("vllm", "ollama", "gguf", "default_backend")
 _ALLOWED_KEYS = ("params_b", *_INT_KEYS, *_STR_KEYS)
@@ -143,10 +160,12 @@ def lookup(name: str, registry: Mapping[str, ModelSpec] | None = None) -> ModelS
         return ModelSpec(name=name, ollama=name, default_backend="ollama")
     if "/" in name:
         return ModelSpec(name=name, vllm=name, default_backend="vllm")
+    close = difflib.get_close_matches(name, list(models), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
     raise ConfigError(
-        f"unknown model {name!r}; known models: {', '.join(sorted(models))}. "
+        f"unknown model {name!r}; {hint}known models: {', '.join(sorted(models))}. "
         "Or give a Hugging Face id (org/name), an Ollama tag (name:tag), a .gguf path, "
-        f"or define it in pyproject.toml under [tool.llmperf.models.{name}]"
+        f"or define it in pyproject.toml under {table_header(name)}"
     )
 
 
@@ -161,11 +180,19 @@ def registry_with_overrides(
     """
     merged = dict(REGISTRY if base is None else base)
     for name, table in tables.items():
-        where = f"[tool.llmperf.models.{name}]"
+        where = table_header(name)
         if not name or any(ch.isspace() for ch in name):
             raise ConfigError(f"{where}: a model name must be non-empty and have no spaces")
         if not isinstance(table, Mapping):
             raise ConfigError(f"{where}: expected a table of keys, got {type(table).__name__}")
+        for key, value in table.items():
+            # [tool.llmperf.models.llama3.1-8b] is the table "1-8b" inside the table "llama3".
+            if isinstance(value, Mapping):
+                dotted = f"{name}.{key}"
+                raise ConfigError(
+                    f"{where} holds a table {key!r}: a model name with a dot must be quoted in TOML, "
+                    f"write {table_header(dotted)}"
+                )
         # Any: _checked_value has checked each value against its key's type.
         changes: dict[str, Any] = {
             str(key): _checked_value(where, key, value) for key, value in table.items()

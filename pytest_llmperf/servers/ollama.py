@@ -34,6 +34,7 @@ from pytest_llmperf.servers.base import (
     http_status,
     server_env,
 )
+from pytest_llmperf.servers.models import table_header
 
 DEFAULT_URL = "http://127.0.0.1:11434"
 OPTIONS = ("api",)
@@ -213,7 +214,7 @@ class OllamaBackend:
         if spec.ollama is None:
             raise ConfigError(
                 f'model {spec.name!r} has no Ollama tag; set ollama = "name:tag" under '
-                f"[tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+                f"{table_header(spec.name)} or pick another --llm-backend"
             )
         unknown = sorted(set(request.options) - set(OPTIONS))
         if unknown:

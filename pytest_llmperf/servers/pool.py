@@ -113,14 +113,10 @@ class LiveServer:
 
 
 def startup_seconds(server: Server) -> float | None:
-    """Seconds from the server's launch to healthy, without any build before it, where known."""
-    for value in (
-        getattr(server, "startup_s", None),
-        getattr(getattr(server, "process", None), "healthy_after_s", None),
-    ):
-        if isinstance(value, (int, float)) and value > 0:
-            return float(value)
-    return None
+    """Seconds from the server's launch to healthy, without any build before it, where known
+    (``StartedServer.startup_s``; an attached server has none)."""
+    value = getattr(server, "startup_s", None)
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
 @dataclass

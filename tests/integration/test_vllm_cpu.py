@@ -62,6 +62,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer
 def test_starts_and_answers_health(
     vllm_server: VllmServer, record_property: Callable[[str, object], None]
 ) -> None:
+    assert vllm_server.startup_s is not None
     record_property("startup_s", round(vllm_server.startup_s, 1))
     print(f"vLLM on CPU became healthy in {vllm_server.startup_s:.1f} s")
     assert http_status(vllm_server.base_url + "/health") == 200

@@ -46,7 +46,8 @@ CASES: list[tuple[str, list[str], dict[str, str], str]] = [
         "unknown-model",
         ["--llm-model=llama9-1t"],
         {},
-        "ERROR: unknown model 'llama9-1t'; known models: *gemma3-270m*. Or give a Hugging Face id "
+        "ERROR: unknown model 'llama9-1t'; did you mean 'llama3.1-8b'? known models: *gemma3-270m*. "
+        "Or give a Hugging Face id "
         "(org/name), an Ollama tag (name:tag), a .gguf path, or define it in pyproject.toml under "
         "[[]tool.llmperf.models.llama9-1t[]]",
     ),

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.servers.models import REGISTRY, TINY_LLAMA_ID, ModelSpec, lookup, registry_with_overrides
+from pytest_llmperf.servers.models import (
+    REGISTRY,
+    TINY_LLAMA_ID,
+    ModelSpec,
+    lookup,
+    registry_with_overrides,
+    table_header,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 
 def test_registry_holds_the_card_models_and_the_local_ones() -> None:
@@ -61,6 +75,65 @@ def test_unknown_name_lists_the_known_ones() -> None:
     assert "unknown model 'llama-9000'" in message
     assert "gemma-2b, gemma3-270m, llama3.1-70b, llama3.1-8b, qwen2.5-7b, tiny-llama" in message
     assert "[tool.llmperf.models.llama-9000]" in message
+
+
+def test_a_name_like_no_known_one_suggests_nothing() -> None:
+    with pytest.raises(ConfigError) as info:
+        lookup("mixtral-8x22b")
+    assert str(info.value).startswith("unknown model 'mixtral-8x22b'; known models: gemma-2b, ")
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [
+        ("llama3.1-8", "did you mean 'llama3.1-8b' or 'llama3.1-70b'? known models:"),
+        ("gemma3-207m", "did you mean 'gemma3-270m' or 'gemma-2b'? known models:"),
+        ("tiny-lama", "did you mean 'tiny-llama'? known models:"),
+        ("qwen-2.5-7b", "did you mean 'qwen2.5-7b'? known models:"),
+    ],
+)
+def test_a_typo_suggests_the_closest_names(typo: str, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        lookup(typo)
+    assert f"unknown model {typo!r}; {suggestion}" in str(info.value)
+
+
+def test_a_typo_suggests_the_users_own_models_too() -> None:
+    mine = registry_with_overrides({"my-llama-ft": {"gguf": "/m.gguf"}})
+    with pytest.raises(ConfigError, match="did you mean 'my-llama-ft'"):
+        lookup("my-lama-ft", mine)
+
+
+@pytest.mark.parametrize(
+    ("name", "header"),
+    [
+        ("my-llama", "[tool.llmperf.models.my-llama]"),
+        ("gemma3-270m", "[tool.llmperf.models.gemma3-270m]"),
+        ("llama3.1-8b", '[tool.llmperf.models."llama3.1-8b"]'),
+        ("org/Model-1.5B", '[tool.llmperf.models."org/Model-1.5B"]'),
+        ("llama3.1:8b", '[tool.llmperf.models."llama3.1:8b"]'),
+    ],
+)
+def test_the_table_header_in_messages_is_valid_toml_for_that_name(name: str, header: str) -> None:
+    assert table_header(name) == header
+    parsed = tomllib.loads(f'{header}\ngguf = "/m.gguf"\n')
+    assert parsed["tool"]["llmperf"]["models"] == {name: {"gguf": "/m.gguf"}}
+
+
+def test_a_dotted_name_unquoted_is_the_toml_trap_the_messages_avoid() -> None:
+    parsed = tomllib.loads('[tool.llmperf.models.llama3.1-8b]\ngguf = "/m.gguf"\n')
+    assert "llama3.1-8b" not in parsed["tool"]["llmperf"]["models"]
+    with pytest.raises(ConfigError) as info:
+        registry_with_overrides(parsed["tool"]["llmperf"]["models"])
+    assert str(info.value) == (
+        "[tool.llmperf.models.llama3] holds a table '1-8b': a model name with a dot must be quoted "
+        'in TOML, write [tool.llmperf.models."llama3.1-8b"]'
+    )
+
+
+def test_messages_about_a_dotted_model_print_the_quoted_header() -> None:
+    with pytest.raises(ConfigError, match=r'^\[tool.llmperf.models."llama3.1-8b"\]: unknown key \'parms_b\''):
+        registry_with_overrides({"llama3.1-8b": {"parms_b": 8}})
 
 
 @pytest.mark.parametrize(

@@ -186,4 +186,5 @@ def test_hugging_face_gguf_says_to_download_it() -> None:
         llamacpp.resolve_gguf(spec)
     message = str(info.value)
     assert "bartowski/Meta-Llama-3.1-8B-Instruct-GGUF, Q4_K_M quantization" in message
-    assert 'gguf = "/path/file.gguf" under [tool.llmperf.models.llama3.1-8b]' in message
+    # Quoted: unquoted, llama3.1-8b would be the table "1-8b" inside "llama3".
+    assert 'gguf = "/path/file.gguf" under [tool.llmperf.models."llama3.1-8b"]' in message
