@@ -251,6 +251,7 @@ class LlmPerfSession:
         self.results.append(case)
         item.stash.setdefault(CASES_KEY, []).append(case)
         info = schema.llm_info(case.run, case.outcome, engine=case.engine, engine_version=case.engine_version)
+        info.update(self.gate.entry_extra(item))  # case/repeat keys under --llm-repeat (judge.gate)
         e2e_s = [r.e2e_ns / 1e9 for r in case.run.measured if r.e2e_ns is not None]
         benchjson.record(benchmark, info, e2e_s)
         # On the item, so the teardown report (which junitxml reads) carries them.
