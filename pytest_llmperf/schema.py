@@ -93,6 +93,7 @@ class LlmInfo(TypedDict, total=False):
     duration_s: float
     outcome: str
     reasons: list[str]
+    notes: list[str]
     invalid: list[str]
     loop_lag_ms: DistJson | None
     samples: LlmSamples
@@ -268,6 +269,7 @@ def llm_info(
         duration_s=s.duration_s,
         outcome=outcome.kind if outcome is not None else "pass",
         reasons=list(outcome.reasons) if outcome is not None else [],
+        notes=list(outcome.notes) if outcome is not None else [],
         invalid=list(result.invalid),
         loop_lag_ms=_dist(result.loop_lag_ms),
         samples=request_samples(result),

@@ -293,6 +293,10 @@ class LlmPerfSession:
 
         reporter.write_sep("-", "llmperf summary")
         reporter.write_line(reports.terminal_table(self._rows()))
+        # What the verdicts noticed without deciding on it (one baseline run, too few samples, ...).
+        for case in self.results:
+            for note in case.outcome.notes:
+                reporter.write_line(f"note: {case.nodeid}: {note}")
         for warning in self.session_warnings():
             reporter.write_line(f"warning: {warning}", yellow=True)
 

@@ -157,9 +157,8 @@ class Gate:
         limits = self.budgets_for(node, model)
         busy = self._settings.busy_machine
         if repeat is not None and node.nodeid not in self._verdict_items:
-            interim = verdict.judge(result, limits, None, tolerances=self.tolerances, busy=busy)
-            note = f"repeat {repeat} of {self._settings.repeat}: the regression verdict comes with the last"
-            return Outcome(interim.kind, interim.reasons, (*interim.notes, note), interim.comparisons)
+            # Validity and budgets hold for each measurement; the regression verdict waits for the last.
+            return verdict.judge(result, limits, None, tolerances=self.tolerances, busy=busy)
         runs = self._measured[case]
         # A repeat that could not be trusted (busy machine, client saturated) is left out of the verdict.
         valid = [r for r in runs if verdict.judge(r, None, None, busy=busy).kind != "invalid"]

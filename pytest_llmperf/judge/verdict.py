@@ -31,6 +31,7 @@ from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge.budgets import Budgets
 from pytest_llmperf.judge.busy import busy_reasons, is_busy
 from pytest_llmperf.judge.noise import (
+    ONE_RUN_FLOOR,
     SESSION_ALPHA,
     CaseRun,
     Shift,
@@ -42,6 +43,12 @@ from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, HardwareMode, O
 from pytest_llmperf.schema import SAMPLE_METRICS
 
 __all__ = ["Shift", "shift_ci"]  # re-exported: they lived here before the noise model had a module
+
+ONE_RUN_NOTE = (
+    f"one baseline run: the spread between runs is unknown, so a change must exceed {ONE_RUN_FLOOR:.0%} "
+    "(or its tolerance) to fail; keep a history of passing runs (--benchmark-autosave with bare "
+    "--benchmark-compare) to gate on what unchanged runs here show"
+)
 
 
 @dataclass(frozen=True)
@@ -309,6 +316,8 @@ def judge(
                 comparisons=evidence.comparisons,
                 alpha=alpha,
             )
+            if len(evidence.runs) == 1 and any(c.method != "absolute" for c in comparisons):
+                notes.append(ONE_RUN_NOTE)
             notes.extend(sample_size_notes(comparisons))
     regressions = tuple(c.reason(confidence) for c in comparisons if c.regressed)
     if invalid:

@@ -100,7 +100,7 @@ def test_a_closed_loop_run_in_three_waves_counts_as_three_samples() -> None:
     assert tpot.waves == (3, 3)
     assert not tpot.regressed  # +30% is above the bar, but 3 waves against 3 cannot show it
     assert outcome.kind == "pass"
-    assert outcome.notes[0].startswith(
+    assert outcome.notes[1].startswith(
         "sample too small for the tolerance (3/3 independent samples): 95% CI ttft_ms unbounded, "
         "tpot_ms unbounded"
     )

@@ -12,6 +12,7 @@ from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge.budgets import parse_marker
 from pytest_llmperf.judge.verdict import (
     DEFAULT_TOLERANCES,
+    ONE_RUN_NOTE,
     Tolerances,
     check_hardware,
     compare_samples,
@@ -159,6 +160,10 @@ def test_one_baseline_run_lets_a_ten_percent_change_pass_and_says_why() -> None:
     tpot = next(c for c in outcome.comparisons if c.metric == "tpot_ms")
     assert (round(tpot.change, 4), tpot.bar, tpot.method, tpot.regressed) == (0.1, 0.25, "samples", False)
     assert tpot.low > 0  # certain, but no larger than unchanged sessions have moved
+    assert outcome.notes == (ONE_RUN_NOTE,)
+    assert ONE_RUN_NOTE.startswith(
+        "one baseline run: the spread between runs is unknown, so a change must exceed 25%"
+    )
 
 
 def test_judge_error_rate_regression_is_absolute() -> None:
@@ -256,9 +261,12 @@ def test_hardware_mismatch_modes_in_judge() -> None:
     assert fail.comparisons == ()
     warn = judge(result, None, base, hardware=check_hardware(old, new, "m", "warn"))
     assert warn.kind == "fail-regression"
-    assert warn.notes == ("baseline ran on a different setup: gpu_name 'NVIDIA A100' -> 'NVIDIA H100'",)
+    assert warn.notes == (
+        "baseline ran on a different setup: gpu_name 'NVIDIA A100' -> 'NVIDIA H100'",
+        ONE_RUN_NOTE,
+    )
     ignore = judge(result, None, base, hardware=check_hardware(old, new, "m", "ignore"))
-    assert (ignore.kind, ignore.notes) == ("fail-regression", ())
+    assert (ignore.kind, ignore.notes) == ("fail-regression", (ONE_RUN_NOTE,))
 
 
 def test_tolerances_are_percentages_by_metric_or_its_p50() -> None:
