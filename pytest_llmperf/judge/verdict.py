@@ -282,11 +282,10 @@ def judge(
     ``ignore``.
     """
     notes: list[str] = []
-    invalid = list(result.invalid)
     busy_now = busy_reasons(_telemetry(result)) if busy != "ignore" else ()
-    if busy == "fail":
-        invalid.extend(busy_now)
-    else:
+    # A busy machine first: it is usually why the client fell behind too.
+    invalid = [*busy_now, *result.invalid] if busy == "fail" else list(result.invalid)
+    if busy == "warn":
         notes.extend(busy_now)
     if hardware is not None and hardware.message is not None:
         if hardware.fatal:
