@@ -9,21 +9,23 @@ per-request samples (pooled over ``--llm-repeat`` repeats), and
 
 * **history** (2+ passing baseline runs): the candidate's figure is compared
   with the baseline runs' figures. ``sigma`` is their robust spread in logs
-  (``stats.pairwise_spread``), pooled over every case of those runs and
-  never below the case's own spread once it has 3+ runs; the prediction bound for an
-  unchanged run is ``t(1 - alpha/m, dof) * sigma * sqrt(1 + pi/(2H))`` around
-  the median of H runs. A change fails when it is larger than both the
-  tolerance and that bound. ``alpha/m`` is Bonferroni over the session's m
-  comparisons (cases x metrics): the chance that an unchanged session fails
-  anywhere stays below ``SESSION_ALPHA`` whatever the correlation between
-  them, and the verdict of each test is known when it ends (Holm would need
-  every test's p-value first; for an unchanged session the two are the same).
+  (``stats.pairwise_spread``), pooled over every case of those runs and never
+  below the case's own spread once it has 3+ runs; the prediction bound for
+  an unchanged run is ``t(1 - alpha/m, dof) * sigma * sqrt(1 + pi/(2H))``
+  around the median of H runs, widened when the candidate's own requests
+  spread more than a typical run's did (its median is then less certain). A
+  change fails when it is larger than both the tolerance and that bound.
+  ``alpha/m`` is Bonferroni over the session's m comparisons (cases x
+  metrics): the chance that an unchanged session fails anywhere stays below
+  ``SESSION_ALPHA`` whatever the correlation between them, and the verdict of
+  each test is known when it ends (Holm would need every test's p-value
+  first; for an unchanged session the two are the same).
 * **one baseline run**: the spread between runs is unknown, and the verdict
   says so. The bar is ``max(tolerance, ONE_RUN_FLOOR)``, and the change must
   also be outside a 95% interval: from the repeats when both runs have 2+
   (a t interval on repeat medians, the between-repeat spread pooled over
   the baseline's cases), else from the per-request samples (Hodges-Lehmann
-  with the Mann-Whitney interval, ``verdict.shift_ci``) with the sample
+  with the Mann-Whitney interval, ``shift_ci``) with the sample
   sizes cut to the independent ones: requests in flight together share their
   fate (``stats.effective_samples``), so 10 requests in 3 waves count as 3.
 
@@ -163,6 +165,19 @@ class CaseRun:
         values = self.samples(metric)
         return median(values) if values else None
 
+    def figure_se(self, metric: str) -> float:
+        """Standard error of ``log(figure)`` from this run's own spread: waves, not requests, are samples.
+
+        ``1.2533 * sigma / sqrt(waves)`` (the median's standard error), with
+        ``sigma`` the robust sd (1.4826 MAD) of the requests' logs; 0 for one value.
+        """
+        logs = [math.log(v) for v in self.samples(metric)]
+        if len(logs) < 2:
+            return 0.0
+        center = median(logs)
+        sigma = 1.4826 * median(abs(v - center) for v in logs)
+        return 1.2533 * sigma / math.sqrt(max(min(self.waves, len(logs)), 1))
+
     def repeat_logs(self, metric: str) -> list[float]:
         """log of each repeat's median (repeats without the metric are left out)."""
         return [
@@ -228,7 +243,11 @@ def compare_history(  # noqa: PLR0917 - one call site, every argument named ther
         # degrees of freedom still apply: this guards, it does not replace).
         sigma = own[0]
     q = t_quantile(1 - alpha / max(comparisons, 1), max(dof, 1))
-    bound = q * sigma * math.sqrt(1 + math.pi / (2 * len(logs)))
+    # sigma already holds a typical run's own sampling error; a candidate that is noisier inside
+    # (a few slow waves) adds the excess, so its median is not read as more certain than it is.
+    typical = sum(run.figure_se(metric) ** 2 for run in history) / len(history)
+    excess = max(current.figure_se(metric) ** 2 - typical, 0.0)
+    bound = q * math.sqrt(sigma**2 * (1 + math.pi / (2 * len(logs))) + excess)
     bar_log, bar = _bar(metric, tolerance, bound)
     diff = math.log(now) - center
     return Comparison(

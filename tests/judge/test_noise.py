@@ -238,3 +238,18 @@ def test_sample_size_notes_say_what_would_resolve_the_tolerance() -> None:
         "unchanged runs on this machine vary more than the tolerance, so a change must exceed: "
     )
     assert "tpot_ms +" in notes[0]
+
+
+def test_a_candidate_noisier_inside_than_its_history_gets_a_wider_bound() -> None:
+    history = [case(t, spread=0.01) for t in (10.0, 10.05, 10.0, 9.95, 10.0)]
+    tight = compare_history("tpot_ms", history, case(11.5, spread=0.01), 0.05, None, comparisons=5)
+    # Requests at 0.7x, 1x and 1.3x of 11.5 ms: the same median, but 8 such requests pin it to about
+    # +-17% (1.2533 x 1.4826 x MAD log(1.3) / sqrt(8)), so +15% is no longer beyond the bound.
+    loose = compare_history("tpot_ms", history, case(11.5, spread=0.3), 0.05, None, comparisons=5)
+    assert tight is not None
+    assert loose is not None
+    assert tight.change == pytest.approx(loose.change) == pytest.approx(0.15)
+    assert (tight.bar, tight.regressed) == (pytest.approx(0.05), True)
+    assert loose.bar is not None
+    assert loose.bar > 0.5
+    assert not loose.regressed
