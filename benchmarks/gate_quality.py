@@ -288,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hogs", type=int, default=0, help="busy: hog processes (default: one per core)")
     p.add_argument("-k", dest="select", help="run only the example cases matching this -k expression")
     p.add_argument("--work", type=Path, help="keep sessions and storage here (default: a temporary folder)")
+    p.add_argument(
+        "--pytest-arg", action="append", default=[], help="extra argument for every session (repeatable), "
+        "e.g. --pytest-arg=--llm-busy-machine=warn for a smoke run on a shared machine",
+    )  # fmt: skip
     args = p.parse_args(argv)
     parts = {part.strip() for part in args.part.split(",")}
     work = args.work or Path(tempfile.mkdtemp(prefix="llmperf-gate-"))
@@ -296,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     if "det" in parts:
         with det_servers(work, args.itl_scale) as (same, slow):
-            runner = Runner(work / "det-runs", ["--llm-backend=openai", "--llm-model=org/det"], args.repeat,
-                            args.select)  # fmt: skip
+            attach = ["--llm-backend=openai", "--llm-model=org/det", *args.pytest_arg]
+            runner = Runner(work / "det-runs", attach, args.repeat, args.select)
             sessions = schedule(
                 runner, args.seed, args.sessions,
                 {"extra": [f"--llm-base-url={same}"]}, {"extra": [f"--llm-base-url={slow}"]},
@@ -305,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         verdicts(f"det (ITL x{args.itl_scale})", sessions)
         ok &= acceptance(sessions)
     if parts & {"llama", "busy"}:
-        runner = Runner(work / "llama-runs", ["--llm-server-option=threads=2"], args.repeat, args.select)
+        llama_args = ["--llm-server-option=threads=2", *args.pytest_arg]
+        runner = Runner(work / "llama-runs", llama_args, args.repeat, args.select)
         llama: list[Session] = []
         if "llama" in parts:
             lever = make_lever(args.slowdown, args.lever)
