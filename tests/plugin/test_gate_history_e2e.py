@@ -168,7 +168,7 @@ def test_a_cpu_hog_beside_llama_server_makes_the_case_invalid_not_a_regression(
     hogs = [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(psutil.cpu_count() or 2)]
     try:
         result = pytester.runpytest_subprocess(
-            "--llm-server-option=threads=2", f"--benchmark-json={out}", timeout=600
+            "--llm-server-option=threads=2", "--llm-busy-machine=fail", f"--benchmark-json={out}", timeout=600
         )
     finally:
         for hog in hogs:
