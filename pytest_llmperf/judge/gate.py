@@ -32,7 +32,7 @@ from pytest_llmperf.judge import budgets, verdict
 from pytest_llmperf.judge.baseline import Baseline, History, load_history
 from pytest_llmperf.judge.busy import is_busy
 from pytest_llmperf.judge.noise import CaseRun, history_spread, repeat_spread
-from pytest_llmperf.measure.stats import adaptive_target_rel_ci, pairwise_spread
+from pytest_llmperf.measure.stats import pairwise_spread
 from pytest_llmperf.records import Outcome, RunResult
 from pytest_llmperf.schema import (
     SAMPLE_METRICS,
@@ -89,8 +89,7 @@ class Gate:
     @property
     def adaptive_target_rel_ci(self) -> float:
         """The CI half-width adaptive stopping should aim at: half the tightest decode tolerance."""
-        tol = self.tolerances
-        return adaptive_target_rel_ci(min(tol.tpot_ms, tol.output_tok_per_s))
+        return self.tolerances.adaptive_target_rel_ci
 
     def _load_history(self) -> History | None:
         compare = self._config.getoption("benchmark_compare", None)

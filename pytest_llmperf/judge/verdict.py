@@ -39,6 +39,7 @@ from pytest_llmperf.judge.noise import (
     sample_size_notes,
     shift_ci,
 )
+from pytest_llmperf.measure.stats import adaptive_target_rel_ci
 from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, HardwareMode, Outcome, RunResult
 from pytest_llmperf.schema import SAMPLE_METRICS
 
@@ -74,6 +75,11 @@ class Tolerances:
     def of(self, metric: str) -> float:
         value: float = getattr(self, metric)
         return value
+
+    @property
+    def adaptive_target_rel_ci(self) -> float:
+        """The CI half-width ``--llm-adaptive`` should stop at: half the tightest decode tolerance."""
+        return adaptive_target_rel_ci(min(self.tpot_ms, self.output_tok_per_s))
 
 
 DEFAULT_TOLERANCES = Tolerances()

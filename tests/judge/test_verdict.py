@@ -274,6 +274,11 @@ def test_tolerances_are_percentages_by_metric_or_its_p50() -> None:
     tol = parse_tolerances({"tpot_ms_p50": "3", "ttft_ms": 15, "error_rate": "2%"})
     assert (tol.tpot_ms, tol.ttft_ms, tol.error_rate, tol.itl_ms) == (0.03, 0.15, 0.02, 0.05)
     assert parse_tolerances(["e2e_ms=7.5%"]).e2e_ms == 0.075
+    # --llm-adaptive aims at half the tightest decode tolerance.
+    assert DEFAULT_TOLERANCES.adaptive_target_rel_ci == 0.025
+    assert parse_tolerances({"tpot_ms": 8, "output_tok_per_s": 6}).adaptive_target_rel_ci == pytest.approx(
+        0.03
+    )
 
 
 @pytest.mark.parametrize(
