@@ -193,6 +193,28 @@ OPTIONS: tuple[Option, ...] = (
         "store_true",
         "bool",
     ),
+    # -- issue 14: noise between runs, repeats, busy machines --------------------------------
+    Option(
+        "--llm-repeat",
+        "run each case K times, interleaved across the session (A B C A B C); the last repeat of a case "
+        "carries its regression verdict on all of them (default: 1)",
+        "K",
+        "1",
+    ),
+    Option(
+        "--llm-history",
+        "passing baseline runs that bare --benchmark-compare compares with, newest first (default: 5)",
+        "N",
+        "5",
+    ),
+    Option(
+        "--llm-busy-machine",
+        "when other processes, CPU steal or throttling took CPU from the server during a case: "
+        "fail (invalid measurement), warn or ignore (default: fail)",
+        "MODE",
+        "fail",
+        choices=MISMATCH_MODES,
+    ),
 )
 
 
@@ -225,6 +247,12 @@ class Settings:
     prompt_salt: str = ""
     url_credentials: tuple[str, str] | None = field(default=None, repr=False)
     """``(user, password)`` of ``--llm-base-url http://user:password@host``; ``base_url`` is without."""
+    repeat: int = 1
+    """``--llm-repeat``: measurements per case, interleaved across the session."""
+    history: int = 5
+    """``--llm-history``: passing baseline runs bare ``--benchmark-compare`` keeps."""
+    busy_machine: HardwareMode = "fail"
+    """``--llm-busy-machine``: what a case measured on a busy machine becomes."""
 
     @property
     def api_key(self) -> str | None:
@@ -381,6 +409,10 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
             f"--llm-base-url attaches to a running server, but --llm-backend={backend} starts one: "
             "use --llm-backend=openai (or ollama) with --llm-base-url, or drop --llm-base-url"
         )
+    busy_raw = str(get("llm_busy_machine"))
+    busy = next((mode for mode in MISMATCH_MODES if mode == busy_raw), None)
+    if busy is None:
+        raise ConfigError(f"--llm-busy-machine takes one of {', '.join(MISMATCH_MODES)}, not {busy_raw!r}")
     max_conc = get("llm_max_concurrency")
     models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_model")) if m.strip()))
     return Settings(
@@ -409,4 +441,7 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         notices=tuple(notices),
         prompt_salt=str(get("llm_prompt_salt") or secrets.token_hex(4)),
         url_credentials=credentials,
+        repeat=int(_number(get("llm_repeat"), "--llm-repeat", minimum=1, integer=True)),
+        history=int(_number(get("llm_history"), "--llm-history", minimum=1, integer=True)),
+        busy_machine=busy,
     )

@@ -70,6 +70,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = LlmPerfSession(config, settings)
     except LlmPerfError as exc:
         raise pytest.UsageError(str(exc)) from None
+    # pytest's outcomes for the mark on the saved run (judge.gate.SessionTally).
+    config.pluginmanager.register(config.stash[SESSION_KEY].gate.tally, "llmperf-session-tally")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -109,10 +111,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     models = session.models_for(metafunc.definition)
     # Session scope groups each model's tests together, so one server runs at a time.
     metafunc.parametrize("llm_model", models, ids=models, scope="session")
+    _parametrize_repeats(metafunc, session.settings.repeat)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _session(config).plan(items)
+    # After pytest's own reordering by fixture scope: interleave repeats, count the cases.
+    _session(config).gate.plan(items)
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +136,9 @@ def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Serve
 
 
 @pytest.fixture
-def llm_perf(request: pytest.FixtureRequest, llm_server: Server, llm_model: str) -> Iterator[LlmPerf]:
+def llm_perf(
+    request: pytest.FixtureRequest, llm_server: Server, llm_model: str, llm_repeat: int | None
+) -> Iterator[LlmPerf]:
     """Runs measured scenarios against the model's server: ``llm_perf.run(input_tokens=..., ...)``."""
     session = _session(request.config)
     # A model whose server died errors here, at setup, before its benchmark entry is opened.
@@ -209,9 +217,31 @@ def pytest_benchmark_update_json(
     config: pytest.Config, benchmarks: list[Any], output_json: dict[str, Any]
 ) -> None:
     if SESSION_KEY in config.stash:
-        _session(config).update_json(output_json, benchmarks)
+        from pytest_llmperf.schema import RUN_MARK_KEY
+
+        session = _session(config)
+        session.update_json(output_json, benchmarks)
+        # A failed, errored, invalid or interrupted session is marked so, and never becomes a baseline.
+        output_json[RUN_MARK_KEY] = session.gate.tally.mark()
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     if SESSION_KEY in config.stash:
         machine_info["llmperf"] = _session(config).machine_info()
+
+
+# -- issue 14: interleaved repeats and the mark on a saved run (judge.gate owns both) ---------
+
+
+@pytest.fixture
+def llm_repeat() -> int | None:
+    """Which repeat of its case this test is (``--llm-repeat K`` parametrizes it 1..K); ``None`` without."""
+    return None
+
+
+def _parametrize_repeats(metafunc: pytest.Metafunc, repeats: int) -> None:
+    from pytest_llmperf.judge.gate import REPEAT_PARAM, repeat_id
+
+    if repeats > 1 and "llm_perf" in metafunc.fixturenames:
+        values = list(range(1, repeats + 1))
+        metafunc.parametrize(REPEAT_PARAM, values, ids=[repeat_id(v) for v in values])

@@ -233,9 +233,22 @@ class RunResult:
         return tuple(r for r in self.records if not r.warmup)
 
 
+ComparisonMethod = Literal["samples", "repeats", "history", "absolute"]
+"""How a metric was compared: per-request samples or repeats of one baseline run, the
+run figures of several (``history``), or an absolute difference (error rate)."""
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """One metric against its baseline; ``change`` is relative (absolute for error_rate)."""
+    """One metric against its baseline; ``change`` is relative (absolute for error_rate).
+
+    ``baseline`` is the baseline's figure (the median of its runs' figures for
+    ``history``), ``low..high`` the interval around ``change``, ``bar`` the
+    change that fails (the tolerance, or more where noise demands it),
+    ``spread`` the relative sd between runs (``history``) or repeats, ``runs``
+    the baseline runs compared with and ``waves`` the independent samples of
+    each side (requests in flight together count once).
+    """
 
     metric: str
     baseline: float
@@ -247,6 +260,11 @@ class Comparison:
     n_baseline: int
     n_current: int
     regressed: bool
+    method: ComparisonMethod = "samples"
+    bar: float | None = None
+    spread: float | None = None
+    runs: int = 1
+    waves: tuple[int, int] | None = None
 
     @property
     def higher_is_better(self) -> bool:
@@ -261,11 +279,28 @@ class Comparison:
         unit = "tok/s" if self.metric == "output_tok_per_s" else "ms"
         name = "output_tok_per_s (per request)" if self.metric == "output_tok_per_s" else self.metric
         sign = "-" if self.higher_is_better else "+"
+        tolerance = f"tolerance {sign}{self.tolerance:.0%}"
+        bar = f"{self.bar:+.1%}" if self.bar is not None else ""
+        figures = f"median {self.baseline:.4g} -> {self.current:.4g} {unit}"
+        if self.method == "history":
+            spread = f"+-{self.spread:.1%}" if self.spread is not None else "an unknown amount"
+            return (
+                f"{name} {self.change:+.1%} vs {self.runs} baseline runs (unchanged runs here vary {spread}, "
+                f"so the bar is {bar}; {tolerance}; {figures})"
+            )
         high = "inf" if math.isinf(self.high) else f"{self.high:+.1%}"
+        ci = f"{confidence:.0%} CI {self.low:+.1%}..{high}"
+        if self.method == "repeats":
+            size = f"{self.n_baseline}/{self.n_current} repeats vary +-{self.spread or 0:.1%}"
+        elif self.waves is not None and self.waves != (self.n_baseline, self.n_current):
+            size = f"n={self.n_baseline}/{self.n_current} in {self.waves[0]}/{self.waves[1]} waves"
+        else:
+            size = f"n={self.n_baseline}/{self.n_current}"
+        if self.bar is None:
+            return f"{name} {self.change:+.1%} vs baseline ({ci}, {tolerance}; {figures}, {size})"
         return (
-            f"{name} {self.change:+.1%} vs baseline ({confidence:.0%} CI {self.low:+.1%}..{high}, "
-            f"tolerance {sign}{self.tolerance:.0%}; median {self.baseline:.4g} -> {self.current:.4g} {unit}, "
-            f"n={self.n_baseline}/{self.n_current})"
+            f"{name} {self.change:+.1%} vs one baseline run ({ci}, {size}; the spread between runs is "
+            f"unknown, so the bar is {bar}, not the {tolerance}; {figures})"
         )
 
 

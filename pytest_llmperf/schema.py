@@ -10,7 +10,10 @@ drift apart.
 
 Schema history: 1 had ``engine`` holding the engine *version*; 2 names the
 engine label ``engine`` (``llama.cpp``) and its version ``engine_version``.
-:func:`engine_version_of` reads either.
+:func:`engine_version_of` reads either. Schema 2 later gained, as added
+keys: ``case``/``repeat``/``repeats`` and ``repeat_spread`` (``--llm-repeat``),
+and the document-level :data:`RUN_MARK_KEY` that says whether the session
+that saved it passed (:func:`run_mark`, :func:`run_passed`).
 
 This module only shapes values: no I/O, and nothing from the stages but
 the records.
@@ -90,11 +93,92 @@ class LlmInfo(TypedDict, total=False):
     duration_s: float
     outcome: str
     reasons: list[str]
+    notes: list[str]
     invalid: list[str]
     loop_lag_ms: DistJson | None
     samples: LlmSamples
     telemetry: object
     prompt_salt: str
+    case: str
+    repeat: int
+    repeats: int
+    repeat_spread: dict[str, RepeatSpread]
+
+
+class RepeatSpread(TypedDict):
+    """``extra_info["llm"]["repeat_spread"][<metric>]`` on a case's last repeat.
+
+    ``medians`` is each repeat's median in the session's order; ``spread_pct``
+    the robust relative sd between them (``stats.pairwise_spread`` of their
+    logs), ``None`` below two repeats.
+    """
+
+    medians: list[float]
+    spread_pct: float | None
+
+
+RUN_MARK_KEY = "llmperf"
+"""Top-level key of a saved pytest-benchmark document: how the session that saved it ended."""
+
+
+class RunMark(TypedDict):
+    """``document["llmperf"]``: whether this run may be a baseline.
+
+    ``passed`` is pytest's verdict on the whole session (no test failed or
+    errored, none of ours was invalid, not interrupted); the counts say why not.
+    """
+
+    schema: int
+    passed: bool
+    failed: int
+    errors: int
+    invalid: int
+    interrupted: bool
+
+
+def run_mark(*, failed: int, errors: int, invalid: int, interrupted: bool) -> RunMark:
+    """The mark a session writes into its saved JSON."""
+    passed = not (failed or errors or invalid or interrupted)
+    return RunMark(
+        schema=1, passed=passed, failed=failed, errors=errors, invalid=invalid, interrupted=interrupted
+    )
+
+
+def run_passed(document: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a saved run passed, and if not, why (one phrase).
+
+    Runs saved before the mark existed count as passed when every
+    ``llm_perf`` entry recorded ``outcome: pass``; what else pytest thought of
+    that session is unknown.
+    """
+    mark = document.get(RUN_MARK_KEY)
+    if isinstance(mark, Mapping) and isinstance(mark.get("passed"), bool):
+        if mark["passed"]:
+            return True, ""
+        parts = [
+            f"{mark.get(key)} {label}"
+            for key, label in (("failed", "failed"), ("errors", "errored"), ("invalid", "invalid"))
+            if mark.get(key)
+        ]
+        if mark.get("interrupted"):
+            parts.append("interrupted")
+        return False, "that session did not pass (" + (", ".join(parts) or "failed") + ")"
+    outcomes = [
+        bench["extra_info"]["llm"].get("outcome", "pass")
+        for bench in document.get("benchmarks") or ()
+        if isinstance(bench, Mapping) and isinstance(bench.get("extra_info"), Mapping)
+        and isinstance(bench["extra_info"].get("llm"), Mapping)
+    ]  # fmt: skip
+    bad = [o for o in outcomes if o != "pass"]
+    if bad:
+        return False, f"{len(bad)} of its {len(outcomes)} tests did not pass ({', '.join(sorted(set(bad)))})"
+    return True, ""
+
+
+def case_key(llm: Mapping[str, Any], fullname: str) -> str:
+    """The case an entry measured: ``case`` for one of several repeats, else the test's ``fullname``."""
+    case = llm.get("case")
+    return case if isinstance(case, str) and case else fullname
 
 
 class ServerInfo(TypedDict, total=False):
@@ -186,6 +270,7 @@ def llm_info(
         duration_s=s.duration_s,
         outcome=outcome.kind if outcome is not None else "pass",
         reasons=list(outcome.reasons) if outcome is not None else [],
+        notes=list(outcome.notes) if outcome is not None else [],
         invalid=list(result.invalid),
         loop_lag_ms=_dist(result.loop_lag_ms),
         samples=request_samples(result),

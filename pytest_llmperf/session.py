@@ -256,6 +256,7 @@ class LlmPerfSession:
         """Keep a finished case and write it where pytest's reports will read it."""
         info = schema.llm_info(case.run, case.outcome, engine=case.engine, engine_version=case.engine_version)
         info["prompt_salt"] = self.settings.prompt_salt
+        info.update(self.gate.entry_extra(item))  # case/repeat keys under --llm-repeat (judge.gate)
         e2e_s = [r.e2e_ns / 1e9 for r in case.run.measured if r.e2e_ns is not None]
         benchjson.record(benchmark, info, e2e_s)
         self.reports.measured(item, case, info)

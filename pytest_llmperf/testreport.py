@@ -213,6 +213,10 @@ class TestReports:
         reporter.write_sep("-", "llmperf summary")
         if self.finished:
             reporter.write_line(self.scrub(reports.terminal_table(self.rows())))
+        # What the verdicts noticed without deciding on it (one baseline run, too few samples, ...).
+        for done in self.finished:
+            for note in done.outcome.notes:
+                reporter.write_line(self.scrub(f"note: {done.nodeid}: {note}"))
         for warning in warnings:
             reporter.write_line(f"warning: {warning}", yellow=True)
         for note in self.notes:

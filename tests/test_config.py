@@ -25,6 +25,19 @@ def test_defaults() -> None:
     assert s.telemetry_interval_s == 0.1
     assert s.hardware_mismatch == "warn"
     assert s.budgets == ()
+    assert (s.repeat, s.history, s.busy_machine) == (1, 5, "fail")
+
+
+def test_repeat_history_and_busy_machine() -> None:
+    s = settings({"llm_repeat": "3", "llm_history": "8", "llm_busy_machine": "warn"})
+    assert (s.repeat, s.history, s.busy_machine) == (3, 8, "warn")
+    assert settings(ini={"llm_repeat": "2"}).repeat == 2
+    with pytest.raises(ConfigError, match="--llm-repeat takes a whole number >= 1, not '0'"):
+        settings({"llm_repeat": "0"})
+    with pytest.raises(ConfigError, match=r"--llm-history takes a whole number >= 1, not '2\.5'"):
+        settings({"llm_history": "2.5"})
+    with pytest.raises(ConfigError, match="--llm-busy-machine takes one of warn, fail, ignore, not 'loud'"):
+        settings({"llm_busy_machine": "loud"})
 
 
 def test_command_line_beats_ini() -> None:

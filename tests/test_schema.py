@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from pytest_llmperf.records import Outcome, RequestRecord, RunResult, Scenario, Summary
-from pytest_llmperf.schema import REQUIRED_LLM_KEYS, SCHEMA, engine_version_of, llm_info, request_samples
+from pytest_llmperf.schema import (
+    REQUIRED_LLM_KEYS,
+    RUN_MARK_KEY,
+    SCHEMA,
+    case_key,
+    engine_version_of,
+    llm_info,
+    request_samples,
+    run_mark,
+    run_passed,
+)
 
 
 def test_request_samples_are_per_request_figures_of_successful_measured_requests() -> None:
@@ -57,3 +67,40 @@ def test_an_entry_has_every_required_key_and_names_engine_and_version_apart() ->
 )
 def test_engine_version_is_read_from_either_schema(llm: dict[str, object], version: str | None) -> None:
     assert engine_version_of(llm) == version
+
+
+def test_a_run_mark_passes_only_a_clean_session_and_says_why_not() -> None:
+    clean = run_mark(failed=0, errors=0, invalid=0, interrupted=False)
+    assert clean == {
+        "schema": 1,
+        "passed": True,
+        "failed": 0,
+        "errors": 0,
+        "invalid": 0,
+        "interrupted": False,
+    }
+    assert run_passed({RUN_MARK_KEY: clean, "benchmarks": []}) == (True, "")
+    bad = run_mark(failed=2, errors=1, invalid=1, interrupted=True)
+    assert run_passed({RUN_MARK_KEY: bad}) == (
+        False,
+        "that session did not pass (2 failed, 1 errored, 1 invalid, interrupted)",
+    )
+
+
+def test_an_unmarked_run_passes_on_its_recorded_outcomes() -> None:
+    def doc(*outcomes: str) -> dict[str, object]:
+        benches = [
+            {"fullname": f"t{i}", "extra_info": {"llm": {"outcome": o}}} for i, o in enumerate(outcomes)
+        ]
+        return {"benchmarks": [*benches, {"fullname": "plain", "extra_info": {}}]}
+
+    assert run_passed(doc("pass", "pass")) == (True, "")
+    assert run_passed(doc("pass", "invalid", "fail-budget")) == (
+        False,
+        "2 of its 3 tests did not pass (fail-budget, invalid)",
+    )
+
+
+def test_case_key_is_the_case_of_a_repeat_or_the_fullname() -> None:
+    assert case_key({"case": "t.py::test[m]", "repeat": 2}, "t.py::test[m-repeat2]") == "t.py::test[m]"
+    assert case_key({}, "t.py::test[m]") == "t.py::test[m]"

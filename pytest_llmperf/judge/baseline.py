@@ -1,12 +1,20 @@
-"""Baselines: find, load and check a saved pytest-benchmark run.
+"""Baselines: find, load and check saved pytest-benchmark runs, and keep failed ones out.
 
 A baseline is pytest-benchmark's own JSON (``.benchmarks/<machine-id>/NNNN_*.json``
 from ``--benchmark-autosave``) whose ``llm_perf`` entries carry
 ``extra_info["llm"]`` in a layout ``schema`` can read and whose
 ``machine_info["llmperf"]`` describes the hardware and engines. This module
-resolves a ``--benchmark-compare`` value to a file exactly as
-pytest-benchmark's file storage does, validates the document against the
-layout ``schema`` owns, and indexes entries by ``fullname``.
+resolves a ``--benchmark-compare`` value to files the way pytest-benchmark's
+file storage does, validates each document against the layout ``schema``
+owns, and indexes entries by ``fullname`` and by case (the repeats of one
+case under ``--llm-repeat``).
+
+The history: bare ``--benchmark-compare`` means the latest *passing* runs of
+this machine, up to ``--llm-history`` of them, newest first; a run whose
+session failed, errored, was interrupted or had an invalid (busy) test is
+skipped (``schema.run_passed``). A run named on purpose
+(``--benchmark-compare=0003``, ``--llm-baseline PATH``) is the only one used,
+and is refused with a sentence when its session did not pass.
 
 It raises ``BaselineError`` with what to do for every unusable file. It must
 not compare runs or decide outcomes (that is ``verdict``), and it must not
@@ -31,21 +39,54 @@ from pytest_llmperf.schema import (
     REQUIRED_LLM_KEYS,
     SAMPLE_METRICS,
     SCHEMA,
+    case_key,
+    run_passed,
 )
+
+DEFAULT_HISTORY = 5
+"""Baseline runs kept by bare ``--benchmark-compare``: enough for a spread, recent enough to be this setup."""
+MAX_SCANNED = 50
+"""Saved runs read at most while looking for passing ones (newest first)."""
 
 
 @dataclass(frozen=True)
 class Baseline:
-    """A validated baseline run: its llm entries by ``fullname`` and its machine_info."""
+    """A validated baseline run: its llm entries by ``fullname``, its machine_info, whether it passed."""
 
     source: str
     machine_info: Mapping[str, Any]
     entries: Mapping[str, Mapping[str, Any]]
+    passed: bool = True
+    why_not: str = ""
 
     def llm(self, fullname: str) -> Mapping[str, Any] | None:
         """``extra_info["llm"]`` of the entry for this test, or ``None`` if the baseline lacks it."""
         entry = self.entries.get(fullname)
         return None if entry is None else entry["extra_info"]["llm"]
+
+    def case(self, key: str) -> tuple[Mapping[str, Any], ...]:
+        """``extra_info["llm"]`` of every entry (every repeat) that measured case ``key``, in file order."""
+        return tuple(
+            entry["extra_info"]["llm"]
+            for name, entry in self.entries.items()
+            if case_key(entry["extra_info"]["llm"], name) == key
+        )
+
+    def case_keys(self) -> list[str]:
+        return list(dict.fromkeys(case_key(e["extra_info"]["llm"], name) for name, e in self.entries.items()))
+
+
+@dataclass(frozen=True)
+class History:
+    """The baseline runs a session compares with, newest first.
+
+    ``explicit`` when the user named one run; ``skipped`` names the runs
+    left out because their session did not pass.
+    """
+
+    runs: tuple[Baseline, ...]
+    explicit: bool = False
+    skipped: tuple[str, ...] = ()
 
 
 def _fail(source: str, problem: str, todo: str) -> BaselineError:
@@ -129,7 +170,8 @@ def parse_baseline(document: object, source: str = "<dict>") -> Baseline:
             "holds no pytest-llmperf entries (no benchmark has extra_info.llm)",
             "point --benchmark-compare at a run of llm_perf tests",
         )
-    return Baseline(source, MappingProxyType(machine_info), MappingProxyType(entries))
+    passed, why_not = run_passed(document)
+    return Baseline(source, MappingProxyType(machine_info), MappingProxyType(entries), passed, why_not)
 
 
 def load_baseline(source: str | Path | Mapping[str, Any]) -> Baseline:
@@ -196,6 +238,63 @@ def _query(root: Path, value: str, machine: str | None) -> list[Path]:
     files = [f for folder in root.glob(platform_glob) for f in folder.glob(filename_glob)]
     files.extend(root.glob(filename_glob))
     return sorted(files, key=lambda f: (f.name, f.parent))
+
+
+def saved_runs(storage: str = "file://./.benchmarks", machine: str | None = None) -> list[Path]:
+    """Every autosaved run (``NNNN_*.json``) of this machine in ``storage``, newest first."""
+    root = _storage_path(storage)
+    machine = machine_id() if machine is None else machine
+    return list(reversed(_query(root, "[0-9][0-9][0-9][0-9]_", machine)))
+
+
+def load_history(
+    compare: str | Literal[True] | None,
+    baseline: Path | None = None,
+    *,
+    storage: str = "file://./.benchmarks",
+    machine: str | None = None,
+    limit: int = DEFAULT_HISTORY,
+) -> History | None:
+    """The runs ``--llm-baseline`` or ``--benchmark-compare[=NUM]`` select; ``None`` for neither.
+
+    A named run must have passed. Bare ``--benchmark-compare`` walks this
+    machine's saved runs newest first, keeps up to ``limit`` that passed and
+    skips the rest; none passing is an error that says what to do.
+    """
+    if baseline is not None or (compare is not None and compare is not True):
+        path = baseline if baseline is not None else resolve_compare(str(compare), storage, machine)
+        run = load_baseline(path)
+        if not run.passed:
+            option = "--llm-baseline" if baseline is not None else f"--benchmark-compare={compare}"
+            raise _fail(
+                run.source,
+                f"{run.why_not}, so it cannot be a baseline",
+                f"name a run that passed in {option}, or give bare --benchmark-compare to use the latest "
+                "passing runs",
+            )
+        return History((run,), explicit=True)
+    if compare is None:
+        return None
+    files = saved_runs(storage, machine)
+    if not files:
+        resolve_compare(True, storage, machine)  # raises the "no saved run" error
+    runs: list[Baseline] = []
+    skipped: list[str] = []
+    for path in files[:MAX_SCANNED]:
+        run = load_baseline(path)
+        if not run.passed:
+            skipped.append(path.name)
+            continue
+        runs.append(run)
+        if len(runs) >= limit:
+            break
+    if not runs:
+        raise BaselineError(
+            f"--benchmark-compare found {len(files)} saved runs in {files[0].parent}, none of them passed "
+            f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}): a failed, interrupted or "
+            "busy run is never a baseline; run once on a quiet machine with --benchmark-autosave"
+        )
+    return History(tuple(runs), explicit=False, skipped=tuple(skipped))
 
 
 def resolve_compare(

@@ -1,21 +1,19 @@
 """Verdicts: a run's summary, budgets and baseline in, one ``Outcome`` out.
 
-Precedence: an invalid measurement (from the run, or a baseline refused for
-other hardware) beats a missed budget, which beats a regression, which beats
-a pass. Every failing reason is one line naming the metric, the observed value
-and the limit or the baseline.
+Precedence: an invalid measurement (from the run, a busy machine, or a
+baseline refused for other hardware) beats a missed budget, which beats a
+regression, which beats a pass. Every failing reason is one line naming the
+metric, the observed value and the limit or the baseline.
 
-Regression is noise-aware. For each metric with per-request samples in both
-runs (TTFT, TPOT, mean ITL, E2E, per-request output tok/s) the change is the
-Hodges-Lehmann estimate of the ratio current/baseline (median of all pairwise
-ratios) with its distribution-free confidence interval from the Mann-Whitney
-statistic (Moses' interval, normal approximation). It is a regression only
-when the estimate is worse than the tolerance *and* the interval excludes no
-change: jitter moves the estimate but leaves zero inside the interval, a real
-shift moves both. The method is deterministic (no random seed), rank-based (a
-stalled request does not swing it) and gives the change in the unit the
-tolerance is written in (percent). Tails are for budgets (``*_p99``): a rank
-comparison of 16 requests cannot say anything about their p99.
+Regression is noise-aware (``noise`` has the model): with a history of 2+
+passing baseline runs a metric regresses when its run-level change is larger
+than both its tolerance and what unchanged runs on this machine have shown;
+with one baseline run, when it is larger than both the tolerance and
+``noise.ONE_RUN_FLOOR`` and outside a 95% interval of the run's own
+samples or repeats. Each comparison says which it was. Tails are for budgets
+(``*_p99``): a rank comparison of 16 requests cannot say anything about
+their p99. A case measured on a busy machine (``busy``) is invalid and is
+not compared at all.
 
 This module must not read files or know about pytest; it only computes.
 """
@@ -25,17 +23,33 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from statistics import NormalDist, median
-from typing import Any, cast
+from dataclasses import dataclass, field
+from statistics import median
+from typing import Any
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge.budgets import Budgets
+from pytest_llmperf.judge.busy import busy_reasons, is_busy
+from pytest_llmperf.judge.noise import (
+    ONE_RUN_FLOOR,
+    SESSION_ALPHA,
+    CaseRun,
+    Shift,
+    compare_case,
+    sample_size_notes,
+    shift_ci,
+)
+from pytest_llmperf.measure.stats import adaptive_target_rel_ci
 from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, HardwareMode, Outcome, RunResult
-from pytest_llmperf.schema import SAMPLE_METRICS, LlmSamples, request_samples
+from pytest_llmperf.schema import SAMPLE_METRICS
 
-THIN_TO = 400
-"""Larger samples are thinned to evenly spaced order statistics: keeps O(n*m) small, only widens the CI."""
+__all__ = ["Shift", "shift_ci"]  # re-exported: they lived here before the noise model had a module
+
+ONE_RUN_NOTE = (
+    f"one baseline run: the spread between runs is unknown, so a change must exceed {ONE_RUN_FLOOR:.0%} "
+    "(or its tolerance) to fail; keep a history of passing runs (--benchmark-autosave with bare "
+    "--benchmark-compare) to gate on what unchanged runs here show"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,11 @@ class Tolerances:
     def of(self, metric: str) -> float:
         value: float = getattr(self, metric)
         return value
+
+    @property
+    def adaptive_target_rel_ci(self) -> float:
+        """The CI half-width ``--llm-adaptive`` should stop at: half the tightest decode tolerance."""
+        return adaptive_target_rel_ci(min(self.tpot_ms, self.output_tok_per_s))
 
 
 DEFAULT_TOLERANCES = Tolerances()
@@ -108,46 +127,6 @@ def parse_tolerances(
     return dataclasses.replace(base, **changes)
 
 
-@dataclass(frozen=True)
-class Shift:
-    """Hodges-Lehmann ratio current/baseline and its confidence interval (may be 0..inf)."""
-
-    ratio: float
-    low: float
-    high: float
-    n_baseline: int
-    n_current: int
-
-
-def _thin(values: list[float]) -> list[float]:
-    if len(values) <= THIN_TO:
-        return values
-    step = len(values) / THIN_TO
-    return [values[int((i + 0.5) * step)] for i in range(THIN_TO)]
-
-
-def shift_ci(baseline: Sequence[float], current: Sequence[float], confidence: float = 0.95) -> Shift | None:
-    """Ratio of ``current`` to ``baseline`` with a rank-based confidence interval.
-
-    Works on logarithms, so the shift is multiplicative (a 10% slower server
-    multiplies every latency by 1.1). The interval is ``[D(k), D(N+1-k)]`` of
-    the N sorted pairwise differences with ``k = floor(N/2 - z*sqrt(N(n+m+1)/12))``;
-    when k < 1 the samples are too small to bound it and it is ``(0, inf)``.
-    ``None`` when either side has no positive value.
-    """
-    logs_b = _thin(sorted(math.log(v) for v in baseline if v > 0))
-    logs_c = _thin(sorted(math.log(v) for v in current if v > 0))
-    n, m = len(logs_c), len(logs_b)
-    if n == 0 or m == 0:
-        return None
-    diffs = sorted(c - b for c in logs_c for b in logs_b)
-    total = n * m
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    k = math.floor(total / 2 - z * math.sqrt(total * (n + m + 1) / 12))
-    low, high = (math.exp(diffs[k - 1]), math.exp(diffs[total - k])) if k >= 1 else (0.0, math.inf)
-    return Shift(math.exp(median(diffs)), low, high, m, n)
-
-
 def compare_samples(
     metric: str,
     baseline: Sequence[float],
@@ -155,7 +134,13 @@ def compare_samples(
     tolerance: float,
     confidence: float = 0.95,
 ) -> Comparison | None:
-    """Compare one metric's per-request samples; ``None`` when either side has none."""
+    """Per-request samples of two runs, every request independent: the classic rank comparison.
+
+    Regressed when the Hodges-Lehmann change is worse than ``tolerance`` and
+    the interval excludes no change. The gate itself goes through
+    ``noise.compare_case``, which knows about waves, repeats and history;
+    this stays for callers that hold two plain samples.
+    """
     shift = shift_ci(baseline, current, confidence)
     if shift is None:
         return None
@@ -170,28 +155,28 @@ def compare_samples(
     )  # fmt: skip
 
 
-def compare_to_baseline(
-    baseline_llm: Mapping[str, Any],
-    current: LlmSamples,
-    current_error_rate: float,
-    tolerances: Tolerances = DEFAULT_TOLERANCES,
-    confidence: float = 0.95,
-) -> tuple[Comparison, ...]:
-    """Every comparable metric of a run against a baseline's ``extra_info["llm"]``."""
-    samples: Mapping[str, Sequence[float]] = baseline_llm["samples"]
-    now = cast(Mapping[str, Sequence[float]], current)
-    found: list[Comparison] = []
-    for metric in SAMPLE_METRICS:
-        cmp = compare_samples(metric, samples.get(metric, ()), now[metric], tolerances.of(metric), confidence)
-        if cmp is not None:
-            found.append(cmp)
-    base_err = float(baseline_llm["error_rate"])
-    diff = current_error_rate - base_err
-    tol = tolerances.error_rate
-    found.append(
-        Comparison("error_rate", base_err, current_error_rate, diff, diff, diff, tol, 0, 0, diff > tol)
-    )
-    return tuple(found)
+@dataclass(frozen=True)
+class Evidence:
+    """What one case is compared with: its baseline runs, newest first, and the session's context.
+
+    One run means the spread between runs is unknown. ``pooled_history`` and
+    ``pooled_repeats`` map a metric to its spread pooled over the other cases
+    (``noise.history_spread``, ``noise.repeat_spread``); ``comparisons`` is
+    the session's number of (case x metric) comparisons, for Bonferroni;
+    ``notes`` are lines about how the history was chosen.
+    """
+
+    runs: tuple[CaseRun, ...]
+    newest: Mapping[str, Any]
+    pooled_history: Mapping[str, tuple[float, int] | None] = field(default_factory=dict)
+    pooled_repeats: Mapping[str, tuple[float, int] | None] = field(default_factory=dict)
+    comparisons: int = len(SAMPLE_METRICS)
+    notes: tuple[str, ...] = ()
+
+    @classmethod
+    def single(cls, llm: Mapping[str, Any], comparisons: int = len(SAMPLE_METRICS)) -> Evidence:
+        """One baseline entry (``extra_info["llm"]``): what ``--benchmark-compare=N`` names."""
+        return cls((CaseRun.from_entries([llm]),), llm, comparisons=comparisons)
 
 
 @dataclass(frozen=True)
@@ -284,19 +269,30 @@ def scenario_mismatch(baseline_llm: Mapping[str, Any], result: RunResult) -> str
 def judge(
     result: RunResult,
     budgets: Budgets | None = None,
-    baseline: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | Evidence | None = None,
     *,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
     hardware: HardwareCheck | None = None,
     confidence: float = 0.95,
+    current: CaseRun | None = None,
+    busy: HardwareMode = "fail",
+    alpha: float = SESSION_ALPHA,
 ) -> Outcome:
     """Decide one test: invalid > fail-budget > fail-regression > pass.
 
     ``baseline`` is the baseline entry's ``extra_info["llm"]`` for this test
-    (``Baseline.llm(fullname)``), or ``None`` when there is none to compare.
+    (``Baseline.llm(fullname)``), or the ``Evidence`` of several runs, or
+    ``None`` when there is none to compare. ``current`` is this case's
+    measurement pooled over its repeats (default: ``result`` alone). ``busy``
+    is what a busy machine does: ``fail`` (invalid), ``warn`` (a note) or
+    ``ignore``.
     """
     notes: list[str] = []
-    invalid = list(result.invalid)
+    busy_now = busy_reasons(_telemetry(result)) if busy != "ignore" else ()
+    # A busy machine first: it is usually why the client fell behind too.
+    invalid = [*busy_now, *result.invalid] if busy == "fail" else list(result.invalid)
+    if busy == "warn":
+        notes.extend(busy_now)
     if hardware is not None and hardware.message is not None:
         if hardware.fatal:
             invalid.append(hardware.message)
@@ -304,14 +300,30 @@ def judge(
             notes.append(hardware.message)
     budget_reasons = budgets.violations(result.summary) if budgets is not None else ()
     comparisons: tuple[Comparison, ...] = ()
-    if baseline is not None and not (hardware is not None and hardware.fatal):
-        mismatch = scenario_mismatch(baseline, result)
+    evidence = Evidence.single(baseline) if isinstance(baseline, Mapping) else baseline
+    gated = evidence is not None and not (hardware is not None and hardware.fatal)
+    if busy == "fail" and busy_now:
+        gated = False  # a busy run is never compared: its figures measured the other load
+    if evidence is not None and gated:
+        notes.extend(evidence.notes)
+        mismatch = scenario_mismatch(evidence.newest, result)
         if mismatch is not None:
             notes.append(mismatch)
+        elif busy != "ignore" and len(evidence.runs) == 1 and is_busy(evidence.newest):
+            notes.append("baseline entry was measured on a busy machine, so it is not compared")
         else:
-            comparisons = compare_to_baseline(
-                baseline, request_samples(result), result.summary.error_rate, tolerances, confidence
+            comparisons = compare_case(
+                evidence.runs,
+                current if current is not None else CaseRun.from_results([result]),
+                tolerances,
+                pooled_history=evidence.pooled_history,
+                pooled_repeats=evidence.pooled_repeats,
+                comparisons=evidence.comparisons,
+                alpha=alpha,
             )
+            if len(evidence.runs) == 1 and any(c.method != "absolute" for c in comparisons):
+                notes.append(ONE_RUN_NOTE)
+            notes.extend(sample_size_notes(comparisons))
     regressions = tuple(c.reason(confidence) for c in comparisons if c.regressed)
     if invalid:
         return Outcome("invalid", tuple(invalid), tuple(notes), comparisons)
@@ -320,3 +332,8 @@ def judge(
     if regressions:
         return Outcome("fail-regression", regressions, tuple(notes), comparisons)
     return Outcome("pass", (), tuple(notes), comparisons)
+
+
+def _telemetry(result: RunResult) -> Mapping[str, Any] | None:
+    telemetry = result.extra.get("telemetry")
+    return telemetry if isinstance(telemetry, Mapping) else None

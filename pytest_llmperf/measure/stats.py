@@ -98,33 +98,78 @@ def relative_half_width(ci: tuple[float, float] | None, center: float) -> float:
     return (ci[1] - ci[0]) / 2.0 / abs(center)
 
 
+ADAPTIVE_TARGET_OF_TOLERANCE = 0.5
+"""Adaptive stopping aims its 95% CI half-width at this fraction of the tolerance.
+
+A CI as wide as the tolerance itself leaves a change at the tolerance
+undecidable half of the time; at half the tolerance a change of twice the
+interval's half-width (the tolerance) is outside the interval of an
+unchanged run. With the default 5% decode tolerance the target is 2.5%.
+"""
+
+
+def adaptive_target_rel_ci(tolerance: float) -> float:
+    """The relative CI half-width adaptive stopping should reach for ``tolerance`` (a fraction)."""
+    return tolerance * ADAPTIVE_TARGET_OF_TOLERANCE
+
+
+def effective_samples(requests: int, window_s: float, median_e2e_s: float | None) -> int:
+    """How many independent samples ``requests`` requests in a window of ``window_s`` carry.
+
+    Requests in flight together see the same server state (one batch, one
+    scheduling hiccup), so they share their fate: ten requests at concurrency
+    4 arrive in waves of 4, 4 and 2 and carry about three samples, not ten.
+    Requests that do not overlap are separate draws. The number of
+    non-overlapping request lifetimes that fit in the window is
+    ``window / median E2E``: ``n`` at concurrency 1, ``n / c`` in a closed
+    loop at concurrency ``c``, and ``n`` again for a slow open-loop rate.
+    Clamped to ``1..requests``; ``requests`` when E2E is unknown.
+    """
+    if requests <= 0:
+        return 0
+    if median_e2e_s is None or median_e2e_s <= 0 or window_s <= 0:
+        return requests
+    return max(1, min(requests, round(window_s / median_e2e_s)))
+
+
 def precision_reached(records: Iterable[RequestRecord], target_rel_ci: float) -> bool:
     """True once both adaptive-stopping intervals are within ``target_rel_ci``.
 
     Median TPOT gets the order-statistic interval. Output tok/s is one number
     per run, so its interval comes through Little's law: with the load held
     fixed, output tok/s = in-flight requests x tokens per request / E2E, so its
-    relative uncertainty is that of the mean E2E per output token.
+    relative uncertainty is that of the mean E2E per output token. Requests in
+    flight together are not independent (``effective_samples``), so both
+    intervals are widened by ``sqrt(n / effective n)``, the design effect of
+    samples that come in waves.
     """
     tpot: list[float] = []
     e2e_per_token: list[float] = []
+    e2e: list[float] = []
+    first_sent, last_end = math.inf, -math.inf
     for r in records:
         if r.warmup or not r.ok:
             continue
         per_token = r.tpot_ns
         if per_token is not None:
             tpot.append(per_token)
-        e2e = r.e2e_ns
-        if e2e is not None and r.output_tokens:
-            e2e_per_token.append(e2e / r.output_tokens)
+        took = r.e2e_ns
+        if took is not None:
+            e2e.append(took)
+            first_sent, last_end = min(first_sent, r.sent_ns), max(last_end, r.end_ns)
+            if r.output_tokens:
+                e2e_per_token.append(took / r.output_tokens)
     if not tpot or not e2e_per_token:
         return False
     tpot.sort()
+    e2e.sort()
+    n_eff = effective_samples(len(e2e), (last_end - first_sent) / NS_PER_S, percentile(e2e, 50) / NS_PER_S)
+    inflation = math.sqrt(len(e2e) / n_eff)
     mid = percentile(tpot, 50)
     mean = math.fsum(e2e_per_token) / len(e2e_per_token)
     return (
-        relative_half_width(median_ci(tpot), mid) <= target_rel_ci
-        and relative_half_width(mean_ci(e2e_per_token), mean) <= target_rel_ci
+        relative_half_width(median_ci(tpot), mid) * inflation <= target_rel_ci
+        and relative_half_width(mean_ci(e2e_per_token), mean) * inflation <= target_rel_ci
     )
 
 
@@ -178,3 +223,96 @@ def summarize(records: Iterable[RequestRecord], scenario: Scenario) -> Summary:
         output_tokens_mean=sum(out_known) / len(out_known) if out_known else None,
         output_length_misses=sum(1 for n in outputs if n != scenario.output_tokens),
     )
+
+
+# -- run-to-run noise ---------------------------------------------------------------------------
+
+_MAD_TO_SIGMA_OF_DIFFS = 1.0 / (0.6744897501960817 * math.sqrt(2.0))
+"""Median |x_i - x_j| of normal draws is 0.6745 * sqrt(2) * sigma; this turns it back into sigma."""
+
+
+def pairwise_spread(groups: Iterable[Sequence[float]]) -> tuple[float, int] | None:
+    """A robust standard deviation pooled over groups, and its degrees of freedom.
+
+    Each group holds repeated figures of one thing (one case's run medians,
+    in logs); groups may differ in level. The estimate is the median of every
+    within-group difference ``|x_i - x_j|``, scaled to a standard deviation
+    (``x_i - x_j`` of two normal draws has sd ``sigma * sqrt(2)``). It needs no
+    centre, so two runs per group already count, and one wild value moves
+    only its own pairs (breakdown about 29%). Degrees of freedom are those of
+    the pooled variance, ``sum(len(group) - 1)``. ``None`` without any pair.
+    """
+    diffs: list[float] = []
+    dof = 0
+    for group in groups:
+        values = list(group)
+        if len(values) < 2:
+            continue
+        dof += len(values) - 1
+        diffs.extend(abs(a - b) for i, a in enumerate(values) for b in values[i + 1 :])
+    if not diffs:
+        return None
+    diffs.sort()
+    return percentile(diffs, 50) * _MAD_TO_SIGMA_OF_DIFFS, dof
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b) (continued fraction, modified Lentz)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 300):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-14:
+            break
+    return front * f / a
+
+
+def t_cdf(t: float, dof: float) -> float:
+    """P(T <= t) for Student's t with ``dof`` degrees of freedom."""
+    tail = 0.5 * _incomplete_beta(dof / 2.0, 0.5, dof / (dof + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The ``p`` quantile of Student's t (bisection on ``t_cdf``; the normal one for dof > 1e6)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"quantile of p={p!r}: p must be between 0 and 1")
+    if dof <= 0:
+        raise ValueError(f"Student's t needs dof > 0, got {dof!r}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, dof)
+    if dof > 1e6:
+        from statistics import NormalDist
+
+        return NormalDist().inv_cdf(p)
+    low, high = 0.0, 1.0
+    while t_cdf(high, dof) < p:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if t_cdf(mid, dof) < p:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-10 * max(1.0, high):
+            break
+    return (low + high) / 2.0

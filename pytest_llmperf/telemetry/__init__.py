@@ -17,7 +17,8 @@ Modules: ``sampler`` (the thread), ``host`` (psutil readers), ``gpu``
 (reader protocol, aggregation, energy), ``nvml`` (the NVML reader and the
 session's probe), ``promtext`` (Prometheus text
 parser), ``servermetrics`` (which server metrics matter, Ollama ``/api/ps``,
-TTFT cross-check), ``machine`` (hardware for ``machine_info``), ``shapes``
+TTFT cross-check), ``load`` (who used the CPU: the "machine busy"
+evidence), ``machine`` (hardware for ``machine_info``), ``shapes``
 (the JSON shapes, documented there), ``running`` (running mean/max).
 
 Telemetry reads the machine and the server; it never changes either, never

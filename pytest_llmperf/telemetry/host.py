@@ -38,6 +38,8 @@ class HostReading:
     per_core_pct: tuple[float, ...]
     mem_used_bytes: int
     mem_total_bytes: int
+    steal_pct: tuple[float, ...] | None = None
+    """Per core, the share of the interval the hypervisor ran another VM (included in ``per_core_pct``)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,20 @@ def core_percentages(
     return tuple(out)
 
 
+def core_steal_percentages(
+    before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]]
+) -> tuple[float, ...] | None:
+    """Per-core steal percentage between two readings; ``None`` where the kernel has no steal field."""
+    if not before or any("steal" not in t for t in (*before, *after)):
+        return None
+    out = []
+    for b, a in zip(before, after, strict=True):
+        d_total = busy_total(a)[1] - busy_total(b)[1]
+        pct = 100.0 * (a["steal"] - b["steal"]) / d_total if d_total > 0 else 0.0
+        out.append(min(100.0, max(0.0, pct)))
+    return tuple(out)
+
+
 def _cpu_times_per_core() -> list[dict[str, float]]:
     return [dict(t._asdict()) for t in psutil.cpu_times(percpu=True)]
 
@@ -118,7 +134,9 @@ class PsutilHostReader:
             # First call, or a core went on/offline: this reading is the new baseline.
             return None
         vm = psutil.virtual_memory()
-        return HostReading(core_percentages(last, now), int(vm.used), int(vm.total))
+        return HostReading(
+            core_percentages(last, now), int(vm.used), int(vm.total), core_steal_percentages(last, now)
+        )
 
 
 class PsutilTreeReader:

@@ -18,6 +18,10 @@ by up to its own length; ``benchmarks/sampler_overhead.py`` measures both.
 Gauges on ``/metrics`` are polled at ``metrics_interval_s`` (1 s), slower
 than the rest, because the server renders that page on its serving path.
 
+Each sample also splits the host's CPU time between the server, this
+process (the client) and everything else (``load``), the evidence a
+"machine busy" verdict rests on.
+
 Every source fails alone: an exception from one becomes one entry in
 ``warnings`` and that source stops, the others go on, and the run is never
 failed by telemetry. The sampler must not sleep on the caller's thread, and
@@ -38,6 +42,14 @@ from pytest_llmperf.telemetry.host import (
     PsutilHostReader,
     PsutilTreeReader,
     TreeReader,
+)
+from pytest_llmperf.telemetry.load import (
+    ClientReader,
+    LoadAggregate,
+    PsutilClientReader,
+    freq_ratio,
+    server_threads,
+    throttle_count,
 )
 from pytest_llmperf.telemetry.nvml import DEFAULT_GPU, DefaultGpu, default_probe
 from pytest_llmperf.telemetry.running import RunningStat
@@ -63,6 +75,10 @@ class Sampler:
         fetch: Fetch = http_get_text,
         clock: Callable[[], float] = time.perf_counter,
         thread_clock: Callable[[], float] = time.thread_time,
+        client_reader: Callable[[], ClientReader] | None = PsutilClientReader,
+        threads: Callable[[int], int | None] = server_threads,
+        throttle: Callable[[], int | None] = throttle_count,
+        freq: Callable[[], float | None] = freq_ratio,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
@@ -98,6 +114,14 @@ class Sampler:
         self._gpus: list[GpuAggregate] = []
         self._summary: TelemetrySummary | None = None
         self._started = False
+        # "Machine busy" evidence: who used the CPU (telemetry.load).
+        self._client_factory = client_reader
+        self._client: ClientReader | None = None
+        self._threads = threads
+        self._load = LoadAggregate(throttle=throttle, freq=freq)
+        self._host_pct: tuple[tuple[float, ...], tuple[float, ...] | None] | None = None
+        self._server_cores: float | None = None
+        self._load_on = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -125,6 +149,9 @@ class Sampler:
         self._guard("host", self._baseline_host)
         if self.server_pid is not None:
             self._guard("server process", self._baseline_tree)
+        if self._client_factory is not None:
+            self._guard("client process", self._baseline_client)
+        self._guard("load", self._baseline_load)
         if self._gpu is not None:
             self._guard("gpu", self._baseline_gpu)
         if self._metrics is not None:
@@ -143,6 +170,7 @@ class Sampler:
             self._stop.set()
             self._thread.join()
         self._t_end = self._clock()
+        self._guard("load", self._load.finish)
         server_metrics = self._metrics.finish() if self._metrics is not None else None
         if self._ollama is not None:
             self._ollama.poll()
@@ -180,10 +208,13 @@ class Sampler:
         with self._lock:
             now = self._clock()
             point: SeriesPoint = {"t_s": round(now - self._t0, 4)}
+            self._host_pct, self._server_cores = None, None
             if self._host is not None:
                 self._guard("host", lambda: self._sample_host(point))
             if self._tree is not None:
                 self._guard("server process", lambda: self._sample_tree(now, point))
+            if self._load_on:
+                self._guard("load", lambda: self._sample_load(now))
             if self._gpu is not None:
                 self._guard("gpu", lambda: self._sample_gpu(point))
             if now - self._last_poll >= self.metrics_interval_s:
@@ -216,6 +247,10 @@ class Sampler:
             self._host = None
         elif source == "server process":
             self._tree = None
+        elif source == "client process":
+            self._client = None
+        elif source == "load":
+            self._load_on = False
         elif source == "gpu":
             self._gpu = None
             if self._from_probe:
@@ -229,6 +264,22 @@ class Sampler:
         assert self.server_pid is not None
         self._tree = self._tree_factory(self.server_pid)
         self._tree.read(self._t0)
+
+    def _baseline_client(self) -> None:
+        assert self._client_factory is not None
+        self._client = self._client_factory()
+        self._client.read(self._t0)
+
+    def _baseline_load(self) -> None:
+        if self.server_pid is not None:
+            self._load.threads = self._threads(self.server_pid)
+        self._load.begin()
+
+    def _sample_load(self, now: float) -> None:
+        client = self._client.read(now) if self._client is not None else None
+        if self._host_pct is not None:
+            per_core, steal = self._host_pct
+            self._load.add(per_core, steal, client, self._server_cores)
 
     def _baseline_gpu(self) -> None:
         assert self._gpu is not None
@@ -253,6 +304,7 @@ class Sampler:
         for stat, pct in zip(self._cores, reading.per_core_pct, strict=True):
             stat.add(pct)
         self._cpu_total.add(sum(reading.per_core_pct) / len(reading.per_core_pct))
+        self._host_pct = (reading.per_core_pct, reading.steal_pct)
         self._mem.add(reading.mem_used_bytes)
         self._mem_total = reading.mem_total_bytes
         point["cpu_pct"] = [round(p, 1) for p in reading.per_core_pct]
@@ -265,6 +317,7 @@ class Sampler:
             return
         self._pids = reading.pids
         self._tree_cpu.add(reading.cpu_pct)
+        self._server_cores = reading.cpu_pct / 100.0
         self._tree_rss.add(reading.rss_bytes)
         self._tree_procs = max(self._tree_procs, len(reading.pids))
         point["server_cpu_pct"] = round(reading.cpu_pct, 1)
@@ -328,6 +381,9 @@ class Sampler:
             }
         if self._gpus:
             out["gpu"] = [agg.summary() for agg in self._gpus]
+        load = self._load.summary()
+        if load is not None:
+            out["load"] = load
         return out
 
     def _cpu_summary(self) -> CpuSummary | None:

@@ -30,7 +30,11 @@ is 0..100 per core or device, and process-tree CPU can exceed 100 (one core
                          "p50_le": 20.0, "p90_le": 40.0, "p95_le": 40.0, "p99_le": 60.0},
                          ...},                                   # see ServerMetrics
       "ollama": {"models": [{"name": .., "size_bytes": .., "size_vram_bytes": ..,
-                             "vram_pct": ..}]}
+                             "vram_pct": ..}]},
+      "load": {"cores": 2, "samples": 52, "busy_cores_mean": 1.97, "steal_cores_mean": 0.0,
+               "idle_cores_mean": 0.03, "client_cores_mean": 0.05, "server_cores_mean": 1.9,
+               "others_cores_mean": 0.02, "others_cores_max": 0.2, "server_threads": 2,
+               "freq_ratio_mean": 0.98, "throttle_events": 0}          # see LoadSummary
     }
 
 Server histograms give an exact ``mean`` (delta of ``_sum`` over delta of
@@ -158,6 +162,33 @@ class OllamaSummary(TypedDict):
     models: list[OllamaModel]
 
 
+class _LoadRequired(TypedDict):
+    cores: int
+    samples: int
+    busy_cores_mean: float
+
+
+class LoadSummary(_LoadRequired, total=False):
+    """Who used the CPU over the measured window, in cores (CPU seconds per wall second).
+
+    ``busy_cores_mean`` excludes steal; ``others_cores_*`` (busy minus server
+    minus client) needs the server's PID, so an attached endpoint has none;
+    ``steal_cores_mean`` needs ``/proc/stat``; ``server_threads`` a command
+    line that names them (llama.cpp's ``-t``); ``freq_ratio_mean`` (clock
+    over maximum) and ``throttle_events`` (thermal) a kernel that exposes them.
+    """
+
+    steal_cores_mean: float
+    idle_cores_mean: float
+    client_cores_mean: float
+    server_cores_mean: float
+    others_cores_mean: float
+    others_cores_max: float
+    server_threads: int
+    freq_ratio_mean: float
+    throttle_events: int
+
+
 class _SummaryRequired(TypedDict):
     interval_s: float
     samples: int
@@ -172,6 +203,7 @@ class TelemetrySummary(_SummaryRequired, total=False):
     gpu: list[GpuSummary]
     server_metrics: ServerMetrics
     ollama: OllamaSummary
+    load: LoadSummary
 
 
 class GpuPoint(TypedDict, total=False):

@@ -13,7 +13,15 @@ from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
 from pytest_llmperf.errors import BaselineError
-from pytest_llmperf.judge.baseline import load_baseline, machine_id, parse_baseline, resolve_compare
+from pytest_llmperf.judge.baseline import (
+    History,
+    load_baseline,
+    load_history,
+    machine_id,
+    parse_baseline,
+    resolve_compare,
+)
+from pytest_llmperf.schema import run_mark
 
 GOLDEN = Path(__file__).parents[1] / "data" / "baseline_schema1.json"
 C1 = "examples/test_output_tokens.py::test_output_tokens[gemma3-270m-64-1]"
@@ -216,3 +224,93 @@ def test_no_saved_run_and_foreign_storage(storage: Path) -> None:
         resolve_compare(True, ".benchmarks", "Other-64bit")
     with pytest.raises(BaselineError, match="is not a file storage"):
         resolve_compare(True, "elasticsearch+http://localhost:9200/bench/bench", MACHINE)
+
+
+# -- the history: the latest passing runs; a failed run is never a baseline -----------------------
+
+
+def save(root: Path, name: str, *, passed: bool | None, outcome: str = "pass", marker: int = 0) -> Path:
+    """A saved run: the golden document, marked as its session ended (``None``: written before marks)."""
+    doc = golden()
+    for bench in doc["benchmarks"]:
+        llm = bench.get("extra_info", {}).get("llm")
+        if llm is not None:
+            llm["outcome"] = outcome
+            llm["samples"]["ttft_ms"] = [float(marker)] * 3  # tells the runs apart
+    if passed is not None:
+        doc["llmperf"] = run_mark(failed=0 if passed else 1, errors=0, invalid=0, interrupted=False)
+    path = root / MACHINE / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc), "utf-8")
+    return path
+
+
+def markers(history: History | None) -> list[float]:
+    assert history is not None
+    return [run.llm(C1)["samples"]["ttft_ms"][0] for run in history.runs]  # type: ignore[index]
+
+
+def test_bare_compare_keeps_the_latest_passing_runs_and_never_a_failed_one(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    save(root, "0001_a.json", passed=True, marker=1)
+    save(root, "0002_b.json", passed=None, marker=2)  # saved before runs were marked: outcomes decide
+    save(root, "0003_c.json", passed=False, marker=3)  # pytest failed something in that session
+    save(root, "0004_d.json", passed=None, outcome="fail-regression", marker=4)
+    save(root, "0005_e.json", passed=True, marker=5)
+    save(root, "0006_f.json", passed=False, marker=6)
+    history = load_history(True, storage=str(root), machine=MACHINE)
+    assert markers(history) == [5, 2, 1]  # newest first; 6, 4 and 3 did not pass
+    assert history is not None
+    assert history.skipped == ("0006_f.json", "0004_d.json", "0003_c.json")
+    assert not history.explicit
+    assert markers(load_history(True, storage=str(root), machine=MACHINE, limit=2)) == [5, 2]
+
+
+def test_a_named_run_is_the_only_one_and_a_failed_one_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    save(root, "0001_a.json", passed=True, marker=1)
+    failed = save(root, "0002_b.json", passed=False, marker=2)
+    named = load_history("0001", storage=str(root), machine=MACHINE)
+    assert markers(named) == [1]
+    assert named is not None
+    assert named.explicit
+    with pytest.raises(BaselineError) as info:
+        load_history("0002", storage=str(root), machine=MACHINE)
+    assert str(info.value) == (
+        f"baseline {failed}: that session did not pass (1 failed), so it cannot be a baseline; name a run "
+        "that passed in --benchmark-compare=0002, or give bare --benchmark-compare to use the latest "
+        "passing runs"
+    )
+    with pytest.raises(
+        BaselineError, match="so it cannot be a baseline; name a run that passed in --llm-baseline"
+    ):
+        load_history(None, failed)
+    assert load_history(None, None) is None
+
+
+def test_no_passing_run_at_all_says_what_to_do(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    save(root, "0001_a.json", passed=False)
+    with pytest.raises(BaselineError) as info:
+        load_history(True, storage=str(root), machine=MACHINE)
+    assert str(info.value) == (
+        f"--benchmark-compare found 1 saved runs in {root / MACHINE}, none of them passed (0001_a.json): "
+        "a failed, interrupted or busy run is never a baseline; run once on a quiet machine with "
+        "--benchmark-autosave"
+    )
+    with pytest.raises(BaselineError, match="found no saved run"):
+        load_history(True, storage=str(tmp_path / "empty"), machine=MACHINE)
+
+
+def test_entries_of_one_case_are_grouped_over_its_repeats(tmp_path: Path) -> None:
+    doc = golden()
+    first = copy.deepcopy(doc["benchmarks"][0])
+    second = copy.deepcopy(first)
+    for index, bench in enumerate((first, second), start=1):
+        bench["fullname"] = C1.replace("-1]", f"-1-repeat{index}]")
+        bench["extra_info"]["llm"].update(case=C1, repeat=index, repeats=2)
+    doc["benchmarks"] = [first, second, doc["benchmarks"][1]]
+    run = load_baseline(write(tmp_path, doc))
+    assert [llm["repeat"] for llm in run.case(C1)] == [1, 2]
+    assert run.case_keys() == [C1, C4]
+    assert len(run.case(C4)) == 1

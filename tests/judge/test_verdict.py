@@ -1,4 +1,4 @@
-"""Verdicts: the rank-based shift, tolerances, directions, hardware checks, precedence."""
+"""Verdicts: the rank-based shift, one-run and history comparisons, tolerances, hardware, busy, precedence."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import math
 from typing import Any
 
 import pytest
+from judge_support import TTFTS, baseline_of, run
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge.budgets import parse_marker
 from pytest_llmperf.judge.verdict import (
     DEFAULT_TOLERANCES,
+    ONE_RUN_NOTE,
     Tolerances,
     check_hardware,
     compare_samples,
@@ -18,78 +20,7 @@ from pytest_llmperf.judge.verdict import (
     parse_tolerances,
     shift_ci,
 )
-from pytest_llmperf.records import Comparison, Distribution, RequestRecord, RunResult, Scenario, Summary
-from pytest_llmperf.schema import request_samples
-
-MS = 1_000_000
-
-
-def record(i: int, ttft_ms: float, itl_ms: float, tokens: int = 5, error: str | None = None) -> RequestRecord:
-    chunks = tuple(round((ttft_ms + k * itl_ms) * MS) for k in range(tokens)) if error is None else ()
-    return RequestRecord(
-        request_id=f"r{i}",
-        scenario="in8-out5-c1",
-        input_tokens_requested=8,
-        output_tokens_requested=tokens,
-        scheduled_ns=0,
-        sent_ns=0,
-        end_ns=chunks[-1] if chunks else round(ttft_ms * MS),
-        chunk_ns=chunks,
-        chunk_tokens=(1,) * len(chunks),
-        input_tokens=8,
-        output_tokens=tokens if error is None else None,
-        error=error,
-    )
-
-
-def dist(value: float) -> Distribution:
-    return Distribution(1, value, 0.0, value, value, value, value, value, value)
-
-
-def run(
-    ttfts: list[float], itl_ms: float, *, invalid: tuple[str, ...] = (), errors: int = 0, concurrency: int = 1
-) -> RunResult:
-    records = [record(i, t, itl_ms) for i, t in enumerate(ttfts)]
-    records += [record(len(ttfts) + i, 1.0, 0.0, error="HTTP 500") for i in range(errors)]
-    n = len(records)
-    summary = Summary(
-        requests=n,
-        completed=len(ttfts),
-        errors=errors,
-        duration_s=1.0,
-        ttft_ms=dist(sorted(ttfts)[len(ttfts) // 2]),
-        itl_ms=dist(itl_ms),
-        tpot_ms=dist(itl_ms),
-        e2e_ms=None,
-        queue_ms=None,
-        request_per_s=float(n),
-        output_tok_per_s=100.0,
-        total_tok_per_s=200.0,
-        error_rate=errors / n,
-        input_tokens_mean=8.0,
-        output_tokens_mean=5.0,
-        output_length_misses=0,
-    )
-    scenario = Scenario(input_tokens=8, output_tokens=5, concurrency=concurrency, requests=n)
-    return RunResult("m", "llamacpp", scenario, tuple(records), summary, invalid)
-
-
-def baseline_of(result: RunResult) -> dict[str, Any]:
-    """The ``extra_info["llm"]`` fields a comparison reads, as the plugin saves them."""
-    sc = result.scenario
-    return {
-        "model": result.model,
-        "backend": result.backend,
-        "input_tokens": sc.input_tokens,
-        "output_tokens": sc.output_tokens,
-        "concurrency": sc.concurrency,
-        "error_rate": result.summary.error_rate,
-        "samples": dict(request_samples(result)),
-        "schema": 1,
-    }
-
-
-TTFTS = [50.0 + i for i in range(16)]  # 50..65 ms, so TTFT has a spread like a real run
+from pytest_llmperf.records import Comparison
 
 
 def test_shift_of_a_doubled_sample_with_too_few_values_to_bound_it() -> None:
@@ -176,6 +107,18 @@ def test_comparison_reason_line() -> None:
     assert cmp.reason() == (
         "tpot_ms +10.0% vs baseline (95% CI +8.0%..+12.0%, tolerance +5%; median 10 -> 11 ms, n=16/16)"
     )
+    waves = Comparison("tpot_ms", 10.0, 13.0, 0.3, 0.1, 0.5, 0.05, 10, 10, True, bar=0.25, waves=(3, 3))
+    assert waves.reason() == (
+        "tpot_ms +30.0% vs one baseline run (95% CI +10.0%..+50.0%, n=10/10 in 3/3 waves; the spread between "
+        "runs is unknown, so the bar is +25.0%, not the tolerance +5%; median 10 -> 13 ms)"
+    )
+    history = Comparison(
+        "tpot_ms", 10.0, 12.0, 0.2, 0.1, 0.3, 0.05, 80, 16, True, "history", bar=0.097, spread=0.021, runs=5
+    )
+    assert history.reason() == (
+        "tpot_ms +20.0% vs 5 baseline runs (unchanged runs here vary +-2.1%, so the bar is +9.7%; "
+        "tolerance +5%; median 10 -> 12 ms)"
+    )
     tput = Comparison("output_tok_per_s", 100.0, 90.0, -0.1, -0.12, math.inf, 0.05, 8, 8, False)
     assert tput.reason() == (
         "output_tok_per_s (per request) -10.0% vs baseline (95% CI -12.0%..inf, tolerance -5%; "
@@ -200,12 +143,27 @@ def test_judge_passes_an_unchanged_run_against_its_own_baseline() -> None:
 
 
 def test_judge_names_each_regressed_metric_and_its_change() -> None:
-    outcome = judge(run(TTFTS, 11.0), None, baseline_of(run(TTFTS, 10.0)))
+    outcome = judge(run(TTFTS, 14.0), None, baseline_of(run(TTFTS, 10.0)))
     assert outcome.kind == "fail-regression"
     regressed = {c.metric: round(c.change, 4) for c in outcome.comparisons if c.regressed}
-    # E2E = TTFT + 4 ITL: (57.5 + 44) / (57.5 + 40) -> +4.1%, under the 5% tolerance.
-    assert regressed == {"tpot_ms": 0.1, "itl_ms": 0.1}
-    assert outcome.reasons[0].startswith("tpot_ms +10.0% vs baseline (95% CI +10.0%..+10.0%, tolerance +5%")
+    # E2E = TTFT + 4 ITL: (57.5 + 56) / (57.5 + 40) -> +16.4%, under the one-run bar of 25%.
+    assert regressed == {"tpot_ms": 0.4, "itl_ms": 0.4}
+    assert outcome.reasons[0] == (
+        "tpot_ms +40.0% vs one baseline run (95% CI +40.0%..+40.0%, n=16/16; the spread between runs is "
+        "unknown, so the bar is +25.0%, not the tolerance +5%; median 10 -> 14 ms)"
+    )
+
+
+def test_one_baseline_run_lets_a_ten_percent_change_pass_and_says_why() -> None:
+    outcome = judge(run(TTFTS, 11.0), None, baseline_of(run(TTFTS, 10.0)))
+    assert outcome.kind == "pass"
+    tpot = next(c for c in outcome.comparisons if c.metric == "tpot_ms")
+    assert (round(tpot.change, 4), tpot.bar, tpot.method, tpot.regressed) == (0.1, 0.25, "samples", False)
+    assert tpot.low > 0  # certain, but no larger than unchanged sessions have moved
+    assert outcome.notes == (ONE_RUN_NOTE,)
+    assert ONE_RUN_NOTE.startswith(
+        "one baseline run: the spread between runs is unknown, so a change must exceed 25%"
+    )
 
 
 def test_judge_error_rate_regression_is_absolute() -> None:
@@ -217,12 +175,12 @@ def test_judge_error_rate_regression_is_absolute() -> None:
 def test_precedence_invalid_then_budget_then_regression() -> None:
     base = baseline_of(run(TTFTS, 10.0))
     budgets = parse_marker((), {"tpot_ms_p50": 10.5})
-    slow = run(TTFTS, 11.0)
-    slow_invalid = run(TTFTS, 11.0, invalid=("client fell behind: loop lag p99 80 ms > 50 ms",))
+    slow = run(TTFTS, 14.0)
+    slow_invalid = run(TTFTS, 14.0, invalid=("client fell behind: loop lag p99 80 ms > 50 ms",))
     assert judge(slow_invalid, budgets, base).reasons == ("client fell behind: loop lag p99 80 ms > 50 ms",)
     assert judge(slow_invalid, budgets, base).kind == "invalid"
     assert judge(slow, budgets, base).kind == "fail-budget"
-    assert judge(slow, budgets, base).reasons == ("tpot_ms p50 = 11 ms exceeds budget 10.5 ms (marker)",)
+    assert judge(slow, budgets, base).reasons == ("tpot_ms p50 = 14 ms exceeds budget 10.5 ms (marker)",)
     assert judge(slow, None, base).kind == "fail-regression"
     assert judge(run(TTFTS, 10.0), budgets, base).kind == "pass"
 
@@ -294,7 +252,7 @@ def test_hardware_check_skips_fields_one_side_did_not_record() -> None:
 
 
 def test_hardware_mismatch_modes_in_judge() -> None:
-    result = run(TTFTS, 11.0)
+    result = run(TTFTS, 14.0)
     base = baseline_of(run(TTFTS, 10.0))
     old, new = machine("NVIDIA A100", "1", "1"), machine("NVIDIA H100", "1", "1")
     fail = judge(result, None, base, hardware=check_hardware(old, new, "m", "fail"))
@@ -303,9 +261,12 @@ def test_hardware_mismatch_modes_in_judge() -> None:
     assert fail.comparisons == ()
     warn = judge(result, None, base, hardware=check_hardware(old, new, "m", "warn"))
     assert warn.kind == "fail-regression"
-    assert warn.notes == ("baseline ran on a different setup: gpu_name 'NVIDIA A100' -> 'NVIDIA H100'",)
+    assert warn.notes == (
+        "baseline ran on a different setup: gpu_name 'NVIDIA A100' -> 'NVIDIA H100'",
+        ONE_RUN_NOTE,
+    )
     ignore = judge(result, None, base, hardware=check_hardware(old, new, "m", "ignore"))
-    assert (ignore.kind, ignore.notes) == ("fail-regression", ())
+    assert (ignore.kind, ignore.notes) == ("fail-regression", (ONE_RUN_NOTE,))
 
 
 def test_tolerances_are_percentages_by_metric_or_its_p50() -> None:
@@ -313,6 +274,11 @@ def test_tolerances_are_percentages_by_metric_or_its_p50() -> None:
     tol = parse_tolerances({"tpot_ms_p50": "3", "ttft_ms": 15, "error_rate": "2%"})
     assert (tol.tpot_ms, tol.ttft_ms, tol.error_rate, tol.itl_ms) == (0.03, 0.15, 0.02, 0.05)
     assert parse_tolerances(["e2e_ms=7.5%"]).e2e_ms == 0.075
+    # --llm-adaptive aims at half the tightest decode tolerance.
+    assert DEFAULT_TOLERANCES.adaptive_target_rel_ci == 0.025
+    assert parse_tolerances({"tpot_ms": 8, "output_tok_per_s": 6}).adaptive_target_rel_ci == pytest.approx(
+        0.03
+    )
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,18 @@ import statistics
 import pytest
 
 from pytest_llmperf.measure.stats import (
+    adaptive_target_rel_ci,
     distribution,
+    effective_samples,
     mean_ci,
     median_ci,
+    pairwise_spread,
     percentile,
     precision_reached,
     relative_half_width,
     summarize,
+    t_cdf,
+    t_quantile,
 )
 from pytest_llmperf.records import RequestRecord, Scenario
 
@@ -142,3 +147,69 @@ def test_precision_reached() -> None:
     noisy = [make(i, 0, MS, (1 + 9 * (i % 2)) * MS, 4) for i in range(10)]
     assert not precision_reached(noisy, 0.05)
     assert not precision_reached(steady[:5], 0.05)  # too few for a median interval
+
+
+def test_precision_counts_waves_not_requests() -> None:
+    # TPOT 10.0 .. 10.9 ms: the median's order-statistic interval over 10 values is the whole range,
+    # +-4.3% around 10.45 ms. One after the other that is within 5%; in waves of 4 (3.5 waves' worth
+    # of window, so 4 independent samples) it is 4.3% x sqrt(10 / 4) = 6.8%.
+    def req(i: int, sent_ms: int) -> RequestRecord:
+        return make(i, sent_ms * MS, MS, round((10 + i / 10) * MS), 4)
+
+    one_by_one = [req(i, 40 * i) for i in range(10)]
+    in_waves = [req(i, 40 * (i // 4)) for i in range(10)]
+    assert precision_reached(one_by_one, 0.05)
+    assert not precision_reached(in_waves, 0.05)
+    assert precision_reached(in_waves, 0.07)
+
+
+def test_adaptive_target_is_half_the_tolerance() -> None:
+    assert adaptive_target_rel_ci(0.05) == 0.025
+    assert adaptive_target_rel_ci(0.10) == 0.05
+
+
+def test_effective_samples_edges() -> None:
+    assert effective_samples(4, 4.0, 1.0) == 4
+    assert effective_samples(16, 4.0, 1.0) == 4
+    assert effective_samples(16, 4.4, 1.0) == 4  # rounds to the nearest whole wave
+    assert effective_samples(3, 0.0, 1.0) == 3  # no window: nothing to go by
+
+
+@pytest.mark.parametrize(
+    ("p", "dof", "expected"),
+    # Textbook values of Student's t (two-sided 95% and 99%, one-sided 99.9%).
+    [(0.975, 1, 12.706), (0.975, 4, 2.776), (0.995, 10, 3.169), (0.975, 30, 2.042), (0.999, 4, 7.173)],
+)
+def test_t_quantile_matches_tables(p: float, dof: int, expected: float) -> None:
+    assert t_quantile(p, dof) == pytest.approx(expected, abs=5e-4)
+    assert t_quantile(1 - p, dof) == pytest.approx(-expected, abs=5e-4)
+    assert t_cdf(t_quantile(p, dof), dof) == pytest.approx(p, abs=1e-9)
+
+
+def test_t_quantile_limits_and_mistakes() -> None:
+    assert t_quantile(0.975, 1e7) == pytest.approx(1.959964, abs=1e-6)
+    assert t_cdf(0.0, 3) == 0.5
+    with pytest.raises(ValueError, match="p must be between 0 and 1"):
+        t_quantile(1.0, 3)
+    with pytest.raises(ValueError, match="dof > 0"):
+        t_quantile(0.9, 0)
+
+
+def test_pairwise_spread_pools_within_group_differences() -> None:
+    # Differences |0-1|, |0-(-1)|, and 0.5, 1.0, 0.5 inside the third group: median 1.0.
+    spread = pairwise_spread([[0.0, 1.0], [0.0, -1.0], [5.0, 5.5, 6.0], [9.0]])
+    assert spread is not None
+    sigma, dof = spread
+    assert sigma == pytest.approx(1.0 / (0.6744897501960817 * math.sqrt(2)))
+    assert dof == 1 + 1 + 2
+    assert pairwise_spread([[1.0], []]) is None
+
+
+def test_pairwise_spread_estimates_a_normal_sd() -> None:
+    import random
+
+    rng = random.Random(7)
+    groups = [[rng.gauss(level, 0.05) for _ in range(3)] for level in range(400)]
+    spread = pairwise_spread(groups)
+    assert spread is not None
+    assert spread[0] == pytest.approx(0.05, rel=0.08)  # 1200 pairs: within a few percent

@@ -394,6 +394,10 @@ def test_sampler_summary_is_exact_with_scripted_readers() -> None:
         keep_series=True,
         clock=clock,
         thread_clock=Clock(0.0, 0.0005),  # read twice per sample: 0.5 ms of thread CPU each
+        client_reader=None,  # the client's share is test_load's subject
+        threads=lambda pid: 2,
+        throttle=lambda: None,
+        freq=lambda: None,
     )
     drive(sampler, clock, 3)
     assert sampler.summary() == {
@@ -418,6 +422,15 @@ def test_sampler_summary_is_exact_with_scripted_readers() -> None:
             "cpu_max_pct": 250.0,
             "rss_mean_bytes": 20,
             "rss_max_bytes": 30,
+        },
+        # Busy cores are the per-core percentages summed: 1.0, 1.2, 1.1; no client reader, so no "others".
+        "load": {
+            "cores": 2,
+            "samples": 3,
+            "busy_cores_mean": 1.1,
+            "idle_cores_mean": 0.9,
+            "server_cores_mean": 2.0,
+            "server_threads": 2,
         },
     }
     assert sampler.series()[1] == {
