@@ -186,8 +186,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-adaptive",
-        "stop each case once the 95%% CIs of median TPOT and tok/s are "
-        "within 5%% (the requests argument becomes a cap)",
+        "stop each case once the 95%% CIs of median TPOT and tok/s are within half the "
+        "tightest decode tolerance, 2.5%% by default (the requests argument becomes a cap)",
         None,
         False,
         "store_true",

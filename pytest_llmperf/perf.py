@@ -67,6 +67,7 @@ def check_arguments(
     target_rel_ci: object,
     default_timeout_s: float,
     default_adaptive: bool,
+    default_target_rel_ci: float = 0.05,
 ) -> Scenario:
     """The ``Scenario`` of ``llm_perf.run``'s arguments; a ``ConfigError`` names the first impossible one."""
     n_in = _whole("input_tokens", input_tokens, 1, "; e.g. input_tokens=128")
@@ -97,7 +98,7 @@ def check_arguments(
         )
     if adaptive is not None and not isinstance(adaptive, bool):
         raise ConfigError(f"llm_perf.run(adaptive={adaptive!r}): adaptive is True, False or None")
-    ci = target_rel_ci
+    ci = default_target_rel_ci if target_rel_ci is None else target_rel_ci
     if isinstance(ci, bool) or not isinstance(ci, (int, float)) or not 0 < ci < 1:
         raise ConfigError(
             f"llm_perf.run(target_rel_ci={ci!r}): target_rel_ci is a fraction, e.g. 0.05 for 5%"
@@ -170,6 +171,7 @@ class LlmPerf:
         warn: Callable[[str], None],
         ensure: Ensure | None = None,
         prompt_salt: str = "",
+        adaptive_target_rel_ci: float = 0.05,
     ) -> None:
         self.nodeid = nodeid
         self.model = model
@@ -182,6 +184,7 @@ class LlmPerf:
         self._warn = warn
         self._ensure: Ensure = ensure or (lambda _concurrency, _context: server)
         self._prompt_salt = prompt_salt
+        self._adaptive_target_rel_ci = adaptive_target_rel_ci
         self.results: list[RunResult] = []
 
     def run(
@@ -197,7 +200,7 @@ class LlmPerf:
         seed: int = 0,
         timeout_s: float | None = None,
         adaptive: bool | None = None,
-        target_rel_ci: float = 0.05,
+        target_rel_ci: float | None = None,
     ) -> RunResult:
         """Measure one scenario and return its result (records and summary)."""
         if self.results:
@@ -219,6 +222,7 @@ class LlmPerf:
             target_rel_ci=target_rel_ci,
             default_timeout_s=self._settings.request_timeout_s,
             default_adaptive=self._settings.adaptive,
+            default_target_rel_ci=self._adaptive_target_rel_ci,
         )
         self._check_machine(scenario)
         self.server = self._server_for(scenario)

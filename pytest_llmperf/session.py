@@ -250,6 +250,8 @@ class LlmPerfSession:
             warn=self.warn_once,
             ensure=lambda concurrency, context: self.pool.ensure(model, concurrency, context),
             prompt_salt=self.settings.prompt_salt,
+            # --llm-adaptive aims its CI at half the tightest decode tolerance (judge.verdict).
+            adaptive_target_rel_ci=self.gate.adaptive_target_rel_ci,
         )
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
