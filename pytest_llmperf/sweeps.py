@@ -188,6 +188,12 @@ def run_sweep(
         if stopped is not None:
             break
     knee = stats.knee(curve, gain)
+    if stopped is None and knee == len(curve) - 1 and len(curve) > 1:
+        # Throughput still rose at the last load asked: the knee lies beyond it, not at it.
+        knee = None
+        stopped = (
+            f"throughput still rose at the last load ({_point_name(axis, loads[-1])}): the knee is beyond it"
+        )
     info = sweep_info(axis=axis, loads=loads, points=results, knee=knee, stopped=stopped, gain=gain)
     first = results[0]
     # A later point that cannot be trusted makes the curve untrustworthy too.

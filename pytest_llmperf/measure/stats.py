@@ -330,8 +330,10 @@ def saturation(
         return None
     last = points[-1]
     name = f"{last.load:g}"
-    if last.error_rate > error_blowup or last.output_tok_per_s is None:
+    if last.error_rate > error_blowup:
         return f"errors exploded at {name}: {last.error_rate:.0%} of its requests failed"
+    if last.output_tok_per_s is None:
+        return f"no throughput at {name}: no completed request with a token count"
     first = points[0].e2e_ms_p50
     if first and last.e2e_ms_p50 is not None and last.e2e_ms_p50 >= latency_blowup * first:
         return (

@@ -173,6 +173,11 @@ def sweep_tables(rows: Sequence[Row]) -> list[str]:
     return out
 
 
+def _load_key(point: Mapping[str, Any]) -> tuple[float, float]:
+    rate = point.get("rate")
+    return (1.0, float(rate)) if rate is not None else (0.0, float(point.get("concurrency") or 0))
+
+
 def curve_name(kind: str, row: Row) -> str:
     return f"{kind}-{file_stem(row.test)}.png"
 
@@ -196,7 +201,8 @@ def _draw(
         if met is None:
             ax.plot(xs, ys, marker="o", color="tab:blue")
         else:
-            order = sorted(range(len(usable)), key=lambda k: xs[k])
+            # Probes join in load order (the search visits them out of order).
+            order = sorted(range(len(usable)), key=lambda k: _load_key(points[usable[k]]))
             ax.plot([xs[k] for k in order], [ys[k] for k in order], color="tab:gray", alpha=0.4)
             for k, i in enumerate(usable):
                 ax.plot(xs[k], ys[k], marker="o", color="tab:green" if met[i] else "tab:red")
