@@ -47,7 +47,7 @@ from pytest_llmperf.judge.capacity import (
 )
 from pytest_llmperf.measure import stats
 from pytest_llmperf.measure.traffic import Workload
-from pytest_llmperf.records import Outcome, RunResult, Scenario, Slo
+from pytest_llmperf.records import Distribution, Outcome, RunResult, Scenario, Slo
 from pytest_llmperf.schema import sweep_info
 from pytest_llmperf.servers.models import ModelSpec
 
@@ -292,11 +292,13 @@ def run_capacity(
         best = by_concurrency.best_probe if by_concurrency is not None else None
         step = rate_step or default_rate_step(best.detail[0] if best is not None else None)
         if search != "concurrency" and step is not None:
-            n_rate = requests or max(16, 2 * (best.concurrency if best is not None else low))
-            by_rate = find_capacity(
-                lambda k: probe(f"rate={k * step:g}", high, k * step, n_rate),
-                low=1, high=RATE_STEPS, max_probes=max_probes,
-            )  # fmt: skip
+            e2e = best.detail[0].summary.e2e_ms if best is not None else None
+
+            def at_rate(k: int) -> tuple[bool, Probed]:
+                rate = k * step
+                return probe(f"rate={rate:g}", high, rate, requests or rate_requests(rate, e2e))
+
+            by_rate = find_capacity(at_rate, low=1, high=RATE_STEPS, max_probes=max_probes)
     except _Died as dead:
         result, series, died = dead.measured
         perf._finish(result, series, died)  # records what was measured, then raises the death
@@ -324,6 +326,22 @@ def run_capacity(
         rate_probes=tuple(p.detail[0] for p in (by_rate.probes if by_rate else ())),
         info=info,
     )
+
+
+RATE_PROBE_LIFETIMES = 4
+"""A rate probe sends requests for this many request lifetimes, so most see the steady load."""
+
+
+def rate_requests(rate: float, e2e_ms: Distribution | None) -> int:
+    """Requests of one rate probe: ``4 x rate x E2E`` (at least 16), E2E from the concurrency capacity.
+
+    At a constant rate the load builds up over one request lifetime (Little's
+    law: ``rate x E2E`` in flight); a probe over four lifetimes is mostly at
+    that load, not in its ramp-up. Without a closed-loop E2E to go by, 16.
+    """
+    if e2e_ms is None:
+        return 16
+    return min(max(16, math.ceil(RATE_PROBE_LIFETIMES * rate * e2e_ms.p50 / 1000)), 2000)
 
 
 def _shown(by_concurrency: Capacity[Probed] | None, by_rate: Capacity[Probed] | None) -> Any:
