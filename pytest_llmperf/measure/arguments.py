@@ -28,16 +28,23 @@ def _positive(where: str, name: str, value: object, what: str, fix: str) -> floa
     return float(number)
 
 
-DURATION_CAP_PER_SLOT = 32
-"""A closed-loop ``duration_s`` run without ``requests`` builds this many prompts per slot (64 at least)."""
+DURATION_REQUESTS_PER_SLOT_S = 10
+"""A closed-loop ``duration_s`` run without ``requests`` builds prompts for 10 requests per slot per second.
+
+Prompts are built before the clock starts (none is sent during the run), so
+a duration run has a cap. This one lasts the whole duration unless requests
+take under 100 ms; the JSON's ``duration.cap_reached_first`` says when the
+cap ended a run early, and ``requests=`` raises it.
+"""
+DURATION_CAP_MAX = 20_000
 
 
 def _duration_cap(concurrency: int, rate: float | None, duration_s: float) -> int:
-    """Requests to build for a duration run: a Poisson tail above the arrivals expected, or slots x 32."""
+    """Requests to build for a duration run: a Poisson tail above the arrivals expected, or 10/s per slot."""
     if rate is not None:
         expected = rate * duration_s
         return math.ceil(expected + 4 * math.sqrt(expected)) + 8
-    return max(64, DURATION_CAP_PER_SLOT * concurrency)
+    return min(max(64, math.ceil(DURATION_REQUESTS_PER_SLOT_S * concurrency * duration_s)), DURATION_CAP_MAX)
 
 
 def check_arguments(

@@ -94,13 +94,14 @@ class LiveProgress:
         window = max(now - self._last, 1e-9)
         rate = (self._tokens - self._tokens_at_last) / window
         total = self._scenario.requests
-        of = (
-            f"of {total}"
-            if self._scenario.duration_s is None
-            else f"(cap {total}, {self._scenario.duration_s:g} s)"
+        duration = self._scenario.duration_s
+        done = (
+            f"{self._done} of {total}"
+            if duration is None
+            else f"{self._done} (a {duration:g} s run, cap {total})"
         )
         return (
-            f"{self._label}: {self._done} {of} requests done, {self.in_flight(elapsed)} in flight, "
+            f"{self._label}: {done} requests done, {self.in_flight(elapsed)} in flight, "
             f"{rate:.0f} output tok/s over the last {window:.0f} s, {elapsed:.0f} s in"
         )
 
