@@ -185,6 +185,7 @@ def curve_name(kind: str, row: Row) -> str:
 def _draw(
     path: Path, title: str, points: Sequence[Mapping[str, Any]], labels: Sequence[str], *,
     marked: int | None, mark_label: str, met: Sequence[bool] | None = None,
+    limits: Mapping[str, float] | None = None,
 ) -> bool:  # fmt: skip
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -213,6 +214,12 @@ def _draw(
         if marked is not None and marked in usable:
             k = usable.index(marked)
             ax.plot(xs[k], ys[k], marker="*", markersize=18, color="tab:orange", label=mark_label, zorder=5)
+            ax.legend(fontsize="small", loc="best")
+        limit = (limits or {}).get(metric)
+        if limit is not None:
+            ax.axhline(
+                limit, color="tab:red", linestyle="--", linewidth=1, label=f"per-request limit {limit:g} ms"
+            )
             ax.legend(fontsize="small", loc="best")
         ax.set_xlabel("output tokens per second (whole run)")
         ax.set_ylabel(name)
@@ -254,6 +261,8 @@ def write_curves(directory: Path, rows: Sequence[Row]) -> list[Path]:
             )
             path = directory / curve_name("capacity", row)
             met = [bool(p.get("met")) for p in probes]
-            if _draw(path, title, probes, labels, marked=marked, mark_label=f"capacity c={best}", met=met):
+            slo = cap.get("slo") or {}
+            if _draw(path, title, probes, labels, marked=marked, mark_label=f"capacity c={best}", met=met,
+                     limits=slo):  # fmt: skip
                 written.append(path)
     return written
