@@ -1,4 +1,4 @@
-"""The ``llm_perf`` fixture object: run one measured scenario, keep everything.
+"""The ``llm_perf`` fixture object: one measured scenario, sweep or capacity search per test.
 
 ``LlmPerf.run`` checks its arguments (each impossible one is a ``ConfigError``
 naming the argument, the value and the fix, before any request), gets a
@@ -13,6 +13,13 @@ server, ``ensure``, ``judge(result) -> Outcome``, ``record(case)``,
 ``session``, ``plugin`` or pytest; the verdict fails the test after its body
 returns (the session's ``enforce``), so a test can still look at the result,
 and whatever was measured is recorded before anything can fail.
+
+``sweep`` and ``capacity`` measure several loads with the same pieces
+(``_points``, ``_size``, ``_measure``, ``_finish``); their loops live in
+``sweeps``. Every measurement gets its goodput against the per-request limits
+of the test's budget (``budgets()``), and a live progress line (``progress``)
+while it runs; the session hands down both, and the model's ``spec`` for the
+memory fit a capacity entry records.
 """
 
 from __future__ import annotations

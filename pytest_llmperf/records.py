@@ -104,8 +104,9 @@ class Slo:
     e2e_ms: float | None = None
 
     def as_dict(self) -> dict[str, float]:
-        return {k: v for k, v in (("ttft_ms", self.ttft_ms), ("tpot_ms", self.tpot_ms),
-                                  ("e2e_ms", self.e2e_ms)) if v is not None}  # fmt: skip
+        """The limits given, by figure: ``{"ttft_ms": 500.0}`` (the JSON's ``slo``)."""
+        limits = {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms}
+        return {name: value for name, value in limits.items() if value is not None}
 
 
 @dataclass(frozen=True)

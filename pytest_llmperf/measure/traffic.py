@@ -21,8 +21,8 @@ import hashlib
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -288,7 +288,6 @@ class Workload:
     turns: int = 1
     prefix_cache: bool | None = None
     seed: int = 0
-    extra: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def plain(self) -> bool:
@@ -332,7 +331,6 @@ class Workload:
         if self.turns > 1:
             info["turns"] = self.turns
         info["prefix_cache"] = {True: "on", False: "off", None: "server default"}[self.cache]
-        info.update(self.extra)
         return info
 
 
