@@ -174,6 +174,17 @@ def _probes(found: Capacity[Probed]) -> list[dict[str, Any]]:
     return [{**point_info(p.detail[0]), "met": p.ok, "reasons": list(p.detail[1])} for p in found.probes]
 
 
+def _describe(found: Capacity[Probed]) -> str:
+    """``Capacity.describe``, except when the lowest load could not be measured at all."""
+    first = found.probes[0] if found.probes else None
+    if found.best is None and first is not None and first.detail[0].invalid:
+        return (
+            f"capacity unknown: the measurement at concurrency {first.concurrency} is invalid "
+            f"({first.detail[0].invalid[0]})"
+        )
+    return found.describe()
+
+
 def capacity_info(
     *,
     search: Mapping[str, Any],
@@ -207,7 +218,7 @@ def capacity_info(
         "probes": _probes(by_concurrency) if by_concurrency is not None else [],
         "rate_probes": _probes(by_rate) if by_rate is not None else [],
         "at_capacity": point_info(shown.detail[0]) if shown is not None else None,
-        "describe": by_concurrency.describe() if by_concurrency is not None else None,
+        "describe": _describe(by_concurrency) if by_concurrency is not None else None,
         **where,
     }
     return info

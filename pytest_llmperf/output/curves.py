@@ -47,6 +47,9 @@ class Row(Protocol):
     def capacity(self) -> Mapping[str, Any] | None: ...
 
     @property
+    def outcome(self) -> str: ...
+
+    @property
     def test(self) -> str: ...
 
 
@@ -95,7 +98,11 @@ def capacity_label(capacity: Mapping[str, Any]) -> str:
     """``c=6`` / ``< 1`` (nothing met) / ``>= 32`` (the upper bound met), plus the rate where searched."""
     best, miss = capacity.get("concurrency"), capacity.get("concurrency_first_miss")
     search = capacity.get("search") or {}
-    if best is None and miss is None:
+    probes = capacity.get("probes") or []
+    if best is None and probes and probes[0].get("invalid"):
+        # The lowest load could not be measured: that says nothing about the budget.
+        text = f"unknown (c={probes[0].get('concurrency')} invalid)"
+    elif best is None and miss is None:
         text = "-"
     elif best is None:
         text = f"below {miss}"
@@ -121,8 +128,9 @@ def machine_tables(rows: Sequence[Row]) -> list[str]:
             f"### Capacity on {machine}",
             "",
             "| Model | Backend | Precision | Fits (memory) | Capacity (concurrency; req/s) "
-            "| TTFT p50/p95 (ms) | TPOT p50 (ms) | Output tok/s | Goodput req/s | J/token | Budget |",
-            "|---|---|---|---|--:|--:|--:|--:|--:|--:|---|",
+            "| TTFT p50/p95 (ms) | TPOT p50 (ms) | Output tok/s | Goodput req/s | J/token "
+            "| Budget | Outcome |",
+            "|---|---|---|---|--:|--:|--:|--:|--:|--:|---|---|",
         ]
         for row in group:
             cap = row.capacity or {}
@@ -132,7 +140,8 @@ def machine_tables(rows: Sequence[Row]) -> list[str]:
                 f"| {row.model} | {row.backend} | {cap.get('precision') or '-'} | {fits_cell(cap)} "
                 f"| {capacity_label(cap)} | {ttft} | {_num(_get(at, 'tpot_ms', 'p50'))} "
                 f"| {_num(_get(at, 'output_tok_per_s'))} | {_num(_get(at, 'goodput_rps'), 2)} "
-                f"| {_num(_get(at, 'energy_j_per_output_token'), 3)} | {_budget_cell(cap)} |"
+                f"| {_num(_get(at, 'energy_j_per_output_token'), 3)} | {_budget_cell(cap)} "
+                f"| {row.outcome or '-'} |"
             )
         out.append("")
         out += [f"- `{r.test}`: {r.capacity.get('describe') or ''}" for r in group if r.capacity]
@@ -239,8 +248,13 @@ def write_curves(directory: Path, rows: Sequence[Row]) -> list[Path]:
             sweep = row.sweep
             points = list(sweep.get("points") or [])
             knee = sweep.get("knee")
-            labels = [_load_name(sweep, p) for p in points]
-            mark = f"knee {labels[knee]}" if isinstance(knee, int) and knee < len(labels) else "knee"
+            # A point that cannot be trusted (client saturated, busy machine) says so on the curve.
+            labels = [_load_name(sweep, p) + (" (invalid)" if p.get("invalid") else "") for p in points]
+            mark = (
+                f"knee {_load_name(sweep, points[knee])}"
+                if isinstance(knee, int) and knee < len(points)
+                else "knee"
+            )
             title = f"{row.model}: latency vs throughput, in {row.input_tokens} / out {row.output_tokens}"
             path = directory / curve_name("sweep", row)
             if _draw(path, title, points, labels, marked=knee, mark_label=mark):
@@ -249,7 +263,9 @@ def write_curves(directory: Path, rows: Sequence[Row]) -> list[Path]:
             cap = row.capacity
             probes = [*(cap.get("probes") or []), *(cap.get("rate_probes") or [])]
             labels = [
-                f"c={p.get('concurrency')}" if p.get("rate") is None else f"{p['rate']:g}/s" for p in probes
+                (f"c={p.get('concurrency')}" if p.get("rate") is None else f"{p['rate']:g}/s")
+                + (" (invalid)" if p.get("invalid") else "")
+                for p in probes
             ]
             best = cap.get("concurrency")
             marked = next((i for i, p in enumerate(probes) if p.get("met") and p.get("rate") is None

@@ -72,7 +72,8 @@ def test_the_machine_report_has_a_row_per_model_with_fit_capacity_and_the_figure
     assert "### Capacity on Xeon x2, 25 GB RAM" in text
     assert (
         "| gemma3-270m | llamacpp | q4_k_m | yes: 0.16 GB weights + 0.02 GB KV + 0.51 GB overhead (24 GB RAM "
-        "available) | 4 | 1200 / 1440 | 60.0 | 60.0 | 1.88 | - | slo_tpot_ms=80, SLO attainment >= 90% |"
+        "available) | 4 | 1200 / 1440 | 60.0 | 60.0 | 1.88 | - | slo_tpot_ms=80, SLO attainment >= 90% "
+        "| pass |"
     ) in text
     assert "- `test_capacity[gemma3-270m]`: capacity 4 (5 misses the budget; 6 probes)" in text
     assert "### Sweep `test_sweep[gemma3-270m]` (gemma3-270m, in 128 / out 32)" in text
@@ -91,6 +92,12 @@ def test_capacity_labels_and_fit_cells() -> None:
     assert capacity_label({"concurrency": 16, "concurrency_first_miss": None}) == ">= 16"
     assert capacity_label({"concurrency": 6, "concurrency_first_miss": 7, "rate": 18.0,
                            "search": {"by": "both"}}) == "6; 18.00 req/s"  # fmt: skip
+    invalid = {
+        "concurrency": None,
+        "concurrency_first_miss": 1,
+        "probes": [{"concurrency": 1, "invalid": ["x"]}],
+    }
+    assert capacity_label(invalid) == "unknown (c=1 invalid)"
     assert fits_cell({"fit": None}) == "-"
     assert fits_cell({"fit": {"checked": False}}) == "not checked"
     no = {"checked": True, "fits": False, "weights_gb": 141.0, "overhead_gb": 11.0}
