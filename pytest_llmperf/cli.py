@@ -114,12 +114,9 @@ def compare_runs(
             lines.append(f"  {mismatch}")
         lines.append(f"  {'metric':<24}{'baseline':>12}{'new':>12}{'change':>10}{'bar':>9}  verdict")
         for metric, label in ROWS:
-            old_value = _figure(history[0][1], metric) if len(history) == 1 else None
             c = by_metric.get(metric)
-            if c is not None:
-                old_value = c.baseline
-            elif len(history) > 1:
-                old_value = _figure(history[0][1], metric)
+            # What the gate compared with (a history: its median); a metric not gated: the newest run.
+            old_value = c.baseline if c is not None else _figure(history[0][1], metric)
             new_value = _figure(now, metric)
             if old_value is None and new_value is None:
                 continue
