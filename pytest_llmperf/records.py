@@ -38,7 +38,9 @@ HardwareMode = Literal["warn", "fail", "ignore"]
 Progress = Callable[[str], None]
 """Receives lines worth showing while something slow runs (a build, a server start, a model pull)."""
 
-HIGHER_IS_BETTER = frozenset({"output_tok_per_s"})
+HIGHER_IS_BETTER = frozenset(
+    {"output_tok_per_s", "capacity_concurrency", "capacity_rate", "peak_output_tok_per_s"}
+)
 """Metrics where a lower figure is the regression."""
 
 
@@ -77,11 +79,34 @@ class Scenario:
     adaptive: bool = False
     target_rel_ci: float = 0.05
     min_requests: int = 8
+    duration_s: float | None = None
+    """Stop starting requests this long after the measured phase began (``requests`` is then a cap)."""
+    turns: int = 1
+    """Requests per conversation: each worker sends a conversation's turns one after another."""
 
     @property
     def name(self) -> str:
         load = f"c{self.concurrency}" if self.rate is None else f"r{self.rate:g}c{self.concurrency}"
         return f"in{self.input_tokens}-out{self.output_tokens}-{load}"
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Per-request limits that make a completed request *good* (vLLM's ``--goodput``), in ms.
+
+    ``None`` is no limit on that figure. Latencies count from when the request
+    was due (``scheduled_ns``), so an open-loop request that waited for a free
+    slot carries that wait, as the user who sent it would.
+    """
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+
+    def as_dict(self) -> dict[str, float]:
+        """The limits given, by figure: ``{"ttft_ms": 500.0}`` (the JSON's ``slo``)."""
+        limits = {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms}
+        return {name: value for name, value in limits.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,15 @@ class Summary:
     output_length_misses: int
     first_error: str | None = None
     """The error text of the first measured request that failed (in completion order)."""
+    slo: Slo = field(default_factory=Slo)
+    """The per-request limits ``good_requests`` were counted against."""
+    good_requests: int | None = None
+    slo_attainment: float | None = None
+    """Good requests / measured requests (failed ones are never good)."""
+    goodput_rps: float | None = None
+    """Good requests per second of the measured window."""
+    goodput_tok_per_s: float | None = None
+    """Output tokens of good requests per second of the measured window."""
 
 
 @dataclass(frozen=True)
@@ -233,9 +267,10 @@ class RunResult:
         return tuple(r for r in self.records if not r.warmup)
 
 
-ComparisonMethod = Literal["samples", "repeats", "history", "absolute"]
+ComparisonMethod = Literal["samples", "repeats", "history", "absolute", "figure"]
 """How a metric was compared: per-request samples or repeats of one baseline run, the
-run figures of several (``history``), or an absolute difference (error rate)."""
+run figures of several (``history``), an absolute difference (error rate), or one
+number per run (``figure``: capacity, peak throughput)."""
 
 
 @dataclass(frozen=True)
@@ -276,11 +311,21 @@ class Comparison:
                 f"error_rate {self.current:.3g} vs baseline {self.baseline:.3g} "
                 f"(+{self.change:.3g}; tolerance +{self.tolerance:.3g})"
             )
-        unit = "tok/s" if self.metric == "output_tok_per_s" else "ms"
+        unit = {"output_tok_per_s": "tok/s", "peak_output_tok_per_s": "tok/s", "capacity_rate": "req/s"}.get(
+            self.metric, "" if self.metric == "capacity_concurrency" else "ms"
+        )
         name = "output_tok_per_s (per request)" if self.metric == "output_tok_per_s" else self.metric
         sign = "-" if self.higher_is_better else "+"
         tolerance = f"tolerance {sign}{self.tolerance:.0%}"
         bar = f"{self.bar:+.1%}" if self.bar is not None else ""
+        if self.method == "figure":
+            runs = f"{self.runs} baseline run" + ("" if self.runs == 1 else "s")
+            spread = f", unchanged runs here vary +-{self.spread:.1%}" if self.spread is not None else ""
+            return (
+                f"{name} {self.baseline:.4g} -> {self.current:.4g} {unit}".rstrip()
+                + f" ({self.change:+.1%} vs {runs}{spread}; the bar is {bar}, {tolerance}, "
+                "and more than one search step)"
+            )
         figures = f"median {self.baseline:.4g} -> {self.current:.4g} {unit}"
         if self.method == "history":
             spread = f"+-{self.spread:.1%}" if self.spread is not None else "an unknown amount"

@@ -12,8 +12,14 @@ Schema history: 1 had ``engine`` holding the engine *version*; 2 names the
 engine label ``engine`` (``llama.cpp``) and its version ``engine_version``.
 :func:`engine_version_of` reads either. Schema 2 later gained, as added
 keys: ``case``/``repeat``/``repeats`` and ``repeat_spread`` (``--llm-repeat``),
-and the document-level :data:`RUN_MARK_KEY` that says whether the session
-that saved it passed (:func:`run_mark`, :func:`run_passed`).
+the document-level :data:`RUN_MARK_KEY` that says whether the session
+that saved it passed (:func:`run_mark`, :func:`run_passed`), goodput
+(``slo``, ``good_requests``, ``slo_attainment``, ``goodput_rps``,
+``goodput_tok_per_s``), ``traffic`` (a run's workload, when it is not fixed
+lengths of fresh prompts), ``sweep`` (every point of ``llm_perf.sweep``, and
+its knee) and ``capacity`` (``llm_perf.capacity``'s search and answer).
+:func:`run_figures` reads the one-number-per-run figures of the last two
+(capacity, peak throughput), which the gate compares run against run.
 
 This module only shapes values: no I/O, and nothing from the stages but
 the records.
@@ -21,7 +27,8 @@ the records.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
 from pytest_llmperf.records import Distribution, Outcome, RunResult
@@ -103,6 +110,15 @@ class LlmInfo(TypedDict, total=False):
     repeat: int
     repeats: int
     repeat_spread: dict[str, RepeatSpread]
+    slo: dict[str, float]
+    good_requests: int | None
+    slo_attainment: float | None
+    goodput_rps: float | None
+    goodput_tok_per_s: float | None
+    traffic: dict[str, Any]
+    sweep: dict[str, Any]
+    capacity: dict[str, Any]
+    duration: dict[str, Any]
 
 
 class RepeatSpread(TypedDict):
@@ -242,7 +258,7 @@ def llm_info(
 ) -> LlmInfo:
     """The ``extra_info["llm"]`` entry of one measured test."""
     s, sc = result.summary, result.scenario
-    return LlmInfo(
+    info = LlmInfo(
         schema=SCHEMA,
         model=result.model,
         backend=result.backend,
@@ -275,10 +291,133 @@ def llm_info(
         loop_lag_ms=_dist(result.loop_lag_ms),
         samples=request_samples(result),
         telemetry=result.extra.get("telemetry", {}),
+        slo=s.slo.as_dict(),
+        good_requests=s.good_requests,
+        slo_attainment=s.slo_attainment,
+        goodput_rps=s.goodput_rps,
+        goodput_tok_per_s=s.goodput_tok_per_s,
     )
+    for key in ("traffic", "sweep", "capacity", "duration"):
+        section = result.extra.get(key)
+        if isinstance(section, dict):
+            info[key] = section
+    return info
 
 
 def engine_version_of(llm: Mapping[str, Any]) -> str | None:
     """The engine version an entry recorded: ``engine_version`` (schema 2) or ``engine`` (schema 1)."""
     value = llm.get("engine_version") if llm.get("schema") != 1 else llm.get("engine")
     return str(value) if value else None
+
+
+# -- sweeps and capacity ---------------------------------------------------------------------------
+
+RUN_FIGURE_METRICS: tuple[str, ...] = ("capacity_concurrency", "capacity_rate", "peak_output_tok_per_s")
+"""One number per run, compared run against run (``judge.noise.compare_run_figures``)."""
+TRAFFIC_SPEC_KEYS: tuple[str, ...] = (
+    "input", "output", "seed", "dataset", "shared_prefix_tokens", "prefix_groups", "turns", "prefix_cache",
+)  # fmt: skip
+"""The keys of ``traffic`` that say what was asked (the others record what it came to)."""
+
+
+def _round(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+def point_info(result: RunResult) -> dict[str, Any]:
+    """One measured load of a sweep or capacity search: the figures its curve and table show."""
+    s, sc = result.summary, result.scenario
+
+    def stat(d: Distribution | None, name: str) -> float | None:
+        return _round(getattr(d, name)) if d is not None else None
+
+    telemetry = result.extra.get("telemetry")
+    energy = telemetry.get("energy_j_per_output_token") if isinstance(telemetry, Mapping) else None
+    return {
+        "concurrency": sc.concurrency,
+        "rate": sc.rate,
+        "requests": s.requests,
+        "completed": s.completed,
+        "error_rate": _round(s.error_rate, 4),
+        "output_tok_per_s": _round(s.output_tok_per_s),
+        "request_per_s": _round(s.request_per_s),
+        "ttft_ms": {"p50": stat(s.ttft_ms, "p50"), "p95": stat(s.ttft_ms, "p95")},
+        "tpot_ms": {"p50": stat(s.tpot_ms, "p50"), "p95": stat(s.tpot_ms, "p95")},
+        "itl_ms": {"p50": stat(s.itl_ms, "p50")},
+        "e2e_ms": {"p50": stat(s.e2e_ms, "p50"), "p95": stat(s.e2e_ms, "p95")},
+        "slo_attainment": _round(s.slo_attainment, 4),
+        "goodput_rps": _round(s.goodput_rps),
+        "goodput_tok_per_s": _round(s.goodput_tok_per_s),
+        "energy_j_per_output_token": energy,
+        "invalid": list(result.invalid),
+    }
+
+
+def sweep_info(
+    *,
+    axis: str,
+    loads: Sequence[float],
+    points: Sequence[RunResult],
+    knee: int | None,
+    stopped: str | None,
+    gain: float,
+) -> dict[str, Any]:
+    """``extra_info["llm"]["sweep"]``: every measured point, the knee and why the sweep stopped."""
+    infos = [point_info(p) for p in points]
+    rates = [i["output_tok_per_s"] for i in infos if i["output_tok_per_s"] is not None]
+    return {
+        "axis": axis,
+        "loads": list(loads),
+        "gain": gain,
+        "points": infos,
+        "knee": knee,
+        "knee_load": (
+            points[knee].scenario.concurrency if axis == "concurrency" else points[knee].scenario.rate
+        )
+        if knee is not None
+        else None,
+        "peak_output_tok_per_s": max(rates) if rates else None,
+        "stopped": stopped,
+    }
+
+
+def run_figures(info: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """The one-number-per-run figures of an entry (or of ``RunResult.extra``), each with its resolution.
+
+    ``capacity_concurrency`` moves in steps of 1 and ``capacity_rate`` in steps
+    of its search's ``rate_step``: a change of one step is the search's own
+    resolution, not evidence. Peak throughput has no step.
+    """
+    found: dict[str, tuple[float, float]] = {}
+    capacity = info.get("capacity")
+    if isinstance(capacity, Mapping):
+        if isinstance(capacity.get("concurrency"), (int, float)):
+            found["capacity_concurrency"] = (float(capacity["concurrency"]), 1.0)
+        if isinstance(capacity.get("rate"), (int, float)):
+            found["capacity_rate"] = (float(capacity["rate"]), float(capacity.get("rate_step") or 0.0))
+    sweep = info.get("sweep")
+    if isinstance(sweep, Mapping) and isinstance(sweep.get("peak_output_tok_per_s"), (int, float)):
+        found["peak_output_tok_per_s"] = (float(sweep["peak_output_tok_per_s"]), 0.0)
+    return found
+
+
+def plan_of(info: Mapping[str, Any]) -> dict[str, Any]:
+    """What an entry asked beyond its scenario, for "did the baseline measure the same thing?".
+
+    The traffic's asked keys, a sweep's axis and loads, a capacity search's
+    bounds, budget and attainment floor. Empty for a plain run.
+    """
+    plan: dict[str, Any] = {}
+    traffic = info.get("traffic")
+    if isinstance(traffic, Mapping):
+        asked = {k: traffic[k] for k in TRAFFIC_SPEC_KEYS if k in traffic}
+        if isinstance(asked.get("dataset"), Mapping):
+            asked["dataset"] = asked["dataset"].get("sha256")
+        plan["traffic"] = asked
+    sweep = info.get("sweep")
+    if isinstance(sweep, Mapping):
+        plan["sweep"] = {"axis": sweep.get("axis"), "loads": sweep.get("loads")}
+    capacity = info.get("capacity")
+    if isinstance(capacity, Mapping):
+        plan["capacity"] = capacity.get("search")
+    return plan

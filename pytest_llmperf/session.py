@@ -252,6 +252,10 @@ class LlmPerfSession:
             prompt_salt=self.settings.prompt_salt,
             # --llm-adaptive aims its CI at half the tightest decode tolerance (judge.verdict).
             adaptive_target_rel_ci=self.gate.adaptive_target_rel_ci,
+            # Issue 13: SLOs and capacity budgets, live progress (quiet under -q), the fit figures.
+            budgets=lambda: self.gate.budgets_for(item, model),
+            progress=self.progress if self.config.get_verbosity() >= 0 else None,
+            spec=self.specs[model],
         )
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:

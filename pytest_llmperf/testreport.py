@@ -228,7 +228,7 @@ class TestReports:
             return
         try:
             reports.write_markdown(directory, self.rows())
-            measured = [f.case.run for f in self.finished if f.case is not None]
+            measured = [f.row() for f in self.finished if f.case is not None]
             if not reports.plots_available():
                 self.notes.append(
                     f"no plots in {directory}: matplotlib is not installed; {reports.PLOTS_HINT} to get them"

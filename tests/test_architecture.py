@@ -46,7 +46,20 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pytest_llmperf.output",
         "pytest_llmperf.servers",
         "pytest_llmperf.telemetry",
+        "pytest_llmperf.sweeps",
     ),
+    # Sweeps and capacity searches: the fixture object's loop over loads (perf's own stages).
+    "pytest_llmperf.sweeps": (
+        *LEAVES,
+        "pytest_llmperf.schema",
+        "pytest_llmperf.measure",
+        "pytest_llmperf.judge",
+        "pytest_llmperf.servers",
+        "pytest_llmperf.telemetry",
+    ),
+    # The command line (compare and re-render saved runs): reads JSON, judges, writes reports.
+    "pytest_llmperf.cli": (*LEAVES, "pytest_llmperf.schema", "pytest_llmperf.judge", "pytest_llmperf.output"),
+    "pytest_llmperf.__main__": ("pytest_llmperf.cli",),
     # The session's per-test pytest glue: outcomes into the writers' artifacts.
     "pytest_llmperf.testreport": (
         *LEAVES,

@@ -6,7 +6,15 @@ A budget key is ``<metric>_<stat>`` and carries its direction in its name:
   the observed statistic must not exceed the limit;
 * throughput floors ``{output_tok_per_s,total_tok_per_s,request_per_s}_min``:
   the run's aggregate rate must not fall below the limit;
-* ``error_rate_max``: the fraction of failed requests must not exceed it.
+* ``error_rate_max``: the fraction of failed requests must not exceed it;
+* per-request limits ``slo_ttft_ms``, ``slo_tpot_ms``, ``slo_e2e_ms``: they
+  fail nothing by themselves, they say which requests are *good* (vLLM's
+  ``--goodput``), and ``slo_attainment_min``, ``goodput_rps_min`` and
+  ``goodput_tok_per_s_min`` are floors on what they count;
+* ``capacity_concurrency_min``, ``capacity_rate_min``: floors on what
+  ``llm_perf.capacity`` found (one number per run, not in ``Summary``: the
+  caller hands them in as ``run_figures``; tests without a capacity search
+  ignore them, so one ``--llm-budget`` can cover a whole session).
 
 Budgets come from three places, parsed here into ``Budgets`` layers and merged
 with :func:`merge_budgets` (command line > marker > pyproject > ``DEFAULTS``, per
@@ -32,14 +40,20 @@ from dataclasses import dataclass
 from typing import Literal
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.records import Summary
+from pytest_llmperf.records import Slo, Summary
 
-Direction = Literal["max", "min"]
-"""``max``: the observed value must stay at or below the limit; ``min``: at or above it."""
+Direction = Literal["max", "min", "per_request"]
+"""``max``: the observed value must stay at or below the limit; ``min``: at or above it;
+``per_request``: a limit each request is counted against (an SLO), not a limit on the run."""
 
 LATENCY_METRICS: tuple[str, ...] = ("ttft_ms", "itl_ms", "tpot_ms", "e2e_ms")
 LATENCY_STATS: tuple[str, ...] = ("p50", "p90", "p95", "p99", "mean", "max")
 RATE_METRICS: tuple[str, ...] = ("output_tok_per_s", "total_tok_per_s", "request_per_s")
+SLO_KEYS: dict[str, str] = {"slo_ttft_ms": "ttft_ms", "slo_tpot_ms": "tpot_ms", "slo_e2e_ms": "e2e_ms"}
+"""Per-request limit keys -> the ``Slo`` field each sets."""
+GOODPUT_METRICS: tuple[str, ...] = ("slo_attainment", "goodput_rps", "goodput_tok_per_s")
+RUN_FIGURES: tuple[str, ...] = ("capacity_concurrency", "capacity_rate")
+"""Floors on one number per run that ``Summary`` does not hold (see ``Budgets.violations``)."""
 
 UNITS: dict[str, str] = {
     "ttft_ms": "ms",
@@ -50,6 +64,14 @@ UNITS: dict[str, str] = {
     "total_tok_per_s": "tok/s",
     "request_per_s": "req/s",
     "error_rate": "",
+    "slo_attainment": "",
+    "goodput_rps": "req/s",
+    "goodput_tok_per_s": "tok/s",
+    "capacity_concurrency": "",
+    "capacity_rate": "req/s",
+    "slo_ttft_ms": "ms",
+    "slo_tpot_ms": "ms",
+    "slo_e2e_ms": "ms",
 }
 
 
@@ -61,6 +83,10 @@ def _key_table() -> dict[str, tuple[str, str | None, Direction]]:
     for metric in RATE_METRICS:
         table[f"{metric}_min"] = (metric, None, "min")
     table["error_rate_max"] = ("error_rate", None, "max")
+    for key in SLO_KEYS:
+        table[key] = (key, None, "per_request")
+    for metric in (*GOODPUT_METRICS, *RUN_FIGURES):
+        table[f"{metric}_min"] = (metric, None, "min")
     return table
 
 
@@ -104,8 +130,12 @@ class Budget:
         """How reason lines name the figure: ``ttft_ms p95``, ``output_tok_per_s``."""
         return self.metric if self.stat is None else f"{self.metric} {self.stat}"
 
-    def observed(self, summary: Summary) -> float | None:
+    def observed(
+        self, summary: Summary, run_figures: Mapping[str, float | None] | None = None
+    ) -> float | None:
         """The figure this budget limits, or ``None`` when the run did not define it."""
+        if self.metric in RUN_FIGURES:
+            return (run_figures or {}).get(self.metric)
         if self.stat is None:
             value: float | None = getattr(summary, self.metric)
             return value
@@ -115,15 +145,21 @@ class Budget:
         stat_value: float = getattr(dist, self.stat)
         return stat_value
 
-    def violation(self, summary: Summary) -> str | None:
+    def violation(
+        self, summary: Summary, run_figures: Mapping[str, float | None] | None = None
+    ) -> str | None:
         """A one-line reason when the budget is missed, else ``None``.
 
         A figure the run could not measure (every request failed, one-token
         answers have no TPOT) misses its budget: passing it would hide the fault.
+        A per-request limit misses nothing itself (it defines good requests),
+        and a capacity floor applies only where ``run_figures`` is given.
         """
+        if self.direction == "per_request" or (self.metric in RUN_FIGURES and run_figures is None):
+            return None
         unit = UNITS[self.metric]
         limit = f"{_fmt(self.limit)} {unit}".rstrip()
-        value = self.observed(summary)
+        value = self.observed(summary, run_figures)
         if self.key == "error_rate_max":
             if value is None or value <= self.limit:
                 return None
@@ -133,8 +169,17 @@ class Budget:
                 f"{summary.errors} of {summary.requests} requests failed (error_rate {_fmt(value)} > "
                 f"error_rate_max {limit}, {self.source}){first}"
             )
+        if self.key == "slo_attainment_min" and value is not None and value < self.limit:
+            limits = ", ".join(f"{k} <= {_fmt(v)}" for k, v in summary.slo.as_dict().items()) or "none given"
+            return (
+                f"{summary.good_requests} of {summary.requests} requests met the per-request limits "
+                f"({limits}): slo_attainment {_fmt(value)} below budget {limit} ({self.source})"
+            )
         if value is None:
-            return f"{self.label} not measured (no request defined it); budget {limit} ({self.source})"
+            what = "the search found no load that meets the budget" if self.metric in RUN_FIGURES else (
+                "no request defined it"
+            )  # fmt: skip
+            return f"{self.label} not measured ({what}); budget {limit} ({self.source})"
         if self.direction == "max" and value > self.limit:
             return (
                 f"{self.label} = {_fmt(value)} {unit}".rstrip() + f" exceeds budget {limit} ({self.source})"
@@ -170,10 +215,25 @@ class Budgets:
     def as_dict(self) -> dict[str, float]:
         return {b.key: b.limit for b in self.items}
 
-    def violations(self, summary: Summary) -> tuple[str, ...]:
-        """Reason lines of every missed budget, in key order."""
-        found = (b.violation(summary) for b in self.items)
+    def violations(
+        self, summary: Summary, run_figures: Mapping[str, float | None] | None = None
+    ) -> tuple[str, ...]:
+        """Reason lines of every missed budget, in key order.
+
+        ``run_figures`` holds what a capacity search found (``capacity_concurrency``,
+        ``capacity_rate``); without it the capacity floors are not this test's business.
+        """
+        found = (b.violation(summary, run_figures) for b in self.items)
         return tuple(reason for reason in found if reason is not None)
+
+    def slo(self) -> Slo:
+        """The per-request limits (``slo_*_ms``) that decide which requests are good."""
+        limits = {SLO_KEYS[b.key]: b.limit for b in self.items if b.key in SLO_KEYS}
+        return Slo(**limits)
+
+    def without(self, *keys: str) -> Budgets:
+        """These budgets less ``keys`` (a capacity probe is not judged on the capacity floors)."""
+        return Budgets(tuple(b for b in self.items if b.key not in keys), self.cleared)
 
 
 def _fmt(value: float) -> str:
@@ -186,10 +246,11 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, [*KEYS, "preset"], n=1, cutoff=0.6)
     hint = f"did you mean {close[0]!r}? " if close else ""
     latency = "{" + ",".join(LATENCY_METRICS) + "}_{" + ",".join(LATENCY_STATS) + "}"
-    rates = "{" + ",".join(RATE_METRICS) + "}_min"
+    rates = "{" + ",".join((*RATE_METRICS, *GOODPUT_METRICS, *RUN_FIGURES)) + "}_min"
+    slo = "{" + ",".join(SLO_KEYS) + "}"
     return ConfigError(
         f"unknown budget key {key!r} in {source}: {hint}valid keys are {latency}, {rates}, "
-        f"error_rate_max, or preset=<name> with one of {', '.join(PRESETS)}"
+        f"error_rate_max, {slo}, or preset=<name> with one of {', '.join(PRESETS)}"
     )
 
 
@@ -205,11 +266,11 @@ def _limit(key: str, value: object, source: str) -> float:
         ) from None
     if not math.isfinite(number) or number < 0:
         raise ConfigError(f"budget {key} in {source} must be a finite number >= 0, got {value!r}")
-    if key == "error_rate_max" and number > 1:
-        raise ConfigError(
-            f"error_rate_max in {source} is a fraction between 0 and 1, got {value!r}; "
-            "type error_rate_max=0.01 for 1%"
+    if key in ("error_rate_max", "slo_attainment_min") and number > 1:
+        example = (
+            "error_rate_max=0.01 for 1%" if key == "error_rate_max" else "slo_attainment_min=0.99 for 99%"
         )
+        raise ConfigError(f"{key} in {source} is a fraction between 0 and 1, got {value!r}; type {example}")
     return number
 
 

@@ -29,6 +29,12 @@ per-request samples (pooled over ``--llm-repeat`` repeats), and
   sizes cut to the independent ones: requests in flight together share their
   fate (``stats.effective_samples``), so 10 requests in 3 waves count as 3.
 
+Capacity and a sweep's peak throughput are one number per run
+(``compare_run_figures``): the candidate's figure against the baseline runs'
+figures, with the same bound from their spread (own spread only, no pooling:
+few cases have them), or ``ONE_RUN_FLOOR`` with one run; a change of one
+search step is the search's resolution and never fails.
+
 This module only computes: no files, no pytest.
 """
 
@@ -36,13 +42,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist, median
 from typing import Any, cast
 
 from pytest_llmperf.measure.stats import effective_samples, pairwise_spread, t_quantile
 from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, RunResult
-from pytest_llmperf.schema import SAMPLE_METRICS, request_samples
+from pytest_llmperf.schema import RUN_FIGURE_METRICS, SAMPLE_METRICS, request_samples, run_figures
 
 SESSION_ALPHA = 0.05
 """Chance that an unchanged session fails anywhere, with a history (Bonferroni over its comparisons).
@@ -130,6 +136,8 @@ class CaseRun:
     repeats: tuple[Mapping[str, Sequence[float]], ...]
     waves: int
     error_rate: float
+    figures: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    """One number per run (capacity, peak throughput) and its search step: ``schema.run_figures``."""
 
     @classmethod
     def from_entries(cls, entries: Sequence[Mapping[str, Any]]) -> CaseRun:
@@ -141,7 +149,8 @@ class CaseRun:
             mid = median(e2e) / 1000 if e2e else None
             waves += effective_samples(len(e2e), float(duration) if duration else 0.0, mid)
         rate = sum(float(llm["error_rate"]) for llm in entries) / len(entries) if entries else 0.0
-        return cls(tuple(llm["samples"] for llm in entries), waves, rate)
+        figures = run_figures(entries[-1]) if entries else {}
+        return cls(tuple(llm["samples"] for llm in entries), waves, rate, figures)
 
     @classmethod
     def from_results(cls, results: Sequence[RunResult]) -> CaseRun:
@@ -155,7 +164,8 @@ class CaseRun:
             mid = median(e2e) / 1000 if e2e else None
             waves += effective_samples(len(e2e), result.summary.duration_s, mid)
         rate = sum(r.summary.error_rate for r in results) / len(results) if results else 0.0
-        return cls(tuple(repeats), waves, rate)
+        figures = run_figures(results[-1].extra) if results else {}
+        return cls(tuple(repeats), waves, rate, figures)
 
     def samples(self, metric: str) -> list[float]:
         return [v for rep in self.repeats for v in rep.get(metric, ()) if v > 0]
@@ -357,15 +367,18 @@ def compare_case(
     pooled_repeats: Mapping[str, tuple[float, int] | None] | None = None,
     comparisons: int = len(SAMPLE_METRICS),
     alpha: float = SESSION_ALPHA,
+    samples: bool = True,
 ) -> tuple[Comparison, ...]:
     """Every comparable metric of one case against its baseline run(s), newest run first.
 
     ``tolerances`` is a ``verdict.Tolerances``; ``pooled_*`` map a metric to
     its spread over the session's other cases (``history_spread``,
     ``repeat_spread``); without them only this case's own runs count.
+    ``samples=False`` compares only the run figures and the error rate (a
+    capacity search: its per-request figures are of a load that moves).
     """
     found: list[Comparison] = []
-    for metric in SAMPLE_METRICS:
+    for metric in SAMPLE_METRICS if samples else ():
         tol = tolerances.of(metric)
         cmp: Comparison | None
         if len(history) >= 2:
@@ -378,5 +391,52 @@ def compare_case(
                 cmp = compare_samples(metric, history[0], current, tol)
         if cmp is not None:
             found.append(cmp)
+    found.extend(compare_run_figures(history, current, tolerances, comparisons, alpha))
     found.append(compare_error_rate(history[0].error_rate, current.error_rate, tolerances.error_rate))
     return tuple(found)
+
+
+def compare_run_figures(
+    history: Sequence[CaseRun],
+    current: CaseRun,
+    tolerances: Any,
+    comparisons: int,
+    alpha: float = SESSION_ALPHA,
+) -> list[Comparison]:
+    """Capacity and peak throughput of the candidate against the baseline runs' (higher is better).
+
+    With 2+ runs the bar is the larger of the tolerance and the prediction
+    bound from the runs' own spread (as ``compare_history``); with one, the
+    larger of the tolerance and ``ONE_RUN_FLOOR``. A drop of at most one
+    search step never fails: it is the search's resolution.
+    """
+    found = []
+    for metric in RUN_FIGURE_METRICS:
+        now = current.figures.get(metric)
+        past = [
+            run.figures[metric] for run in history if metric in run.figures and run.figures[metric][0] > 0
+        ]
+        if now is None or now[0] <= 0 or not past:
+            continue
+        logs = [math.log(value) for value, _ in past]
+        center = median(logs)
+        own = pairwise_spread([logs]) if len(logs) >= 2 else None
+        if own is not None:
+            sigma, dof = own
+            q = t_quantile(1 - alpha / max(comparisons, 1), max(dof, 1))
+            bound = q * sigma * math.sqrt(1 + math.pi / (2 * len(logs)))
+        else:
+            sigma, bound = None, math.log1p(ONE_RUN_FLOOR)
+        bar_log, bar = _bar(metric, tolerances.of(metric), bound)
+        diff = math.log(now[0]) - center
+        step = max(now[1], *(s for _, s in past))
+        drop = math.exp(center) - now[0]
+        found.append(
+            Comparison(
+                metric, math.exp(center), now[0], math.expm1(diff), math.expm1(diff - bound),
+                math.expm1(diff + bound), tolerances.of(metric), len(logs), 1,
+                _worse(metric, diff) > bar_log and drop > step + 1e-9, method="figure", bar=bar,
+                spread=math.expm1(sigma) if sigma is not None else None, runs=len(logs),
+            )
+        )  # fmt: skip
+    return found

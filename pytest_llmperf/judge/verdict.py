@@ -41,7 +41,7 @@ from pytest_llmperf.judge.noise import (
 )
 from pytest_llmperf.measure.stats import adaptive_target_rel_ci
 from pytest_llmperf.records import HIGHER_IS_BETTER, Comparison, HardwareMode, Outcome, RunResult
-from pytest_llmperf.schema import SAMPLE_METRICS
+from pytest_llmperf.schema import SAMPLE_METRICS, plan_of, run_figures
 
 __all__ = ["Shift", "shift_ci"]  # re-exported: they lived here before the noise model had a module
 
@@ -71,9 +71,11 @@ class Tolerances:
     e2e_ms: float = 0.05
     output_tok_per_s: float = 0.05
     error_rate: float = 0.01
+    capacity: float = 0.10
+    """Capacity (concurrency and rate) found by ``llm_perf.capacity``: one number per run."""
 
     def of(self, metric: str) -> float:
-        value: float = getattr(self, metric)
+        value: float = getattr(self, _FIGURE_TOLERANCES.get(metric, metric))
         return value
 
     @property
@@ -82,6 +84,11 @@ class Tolerances:
         return adaptive_target_rel_ci(min(self.tpot_ms, self.output_tok_per_s))
 
 
+_FIGURE_TOLERANCES = {
+    "capacity_concurrency": "capacity",
+    "capacity_rate": "capacity",
+    "peak_output_tok_per_s": "output_tok_per_s",
+}
 DEFAULT_TOLERANCES = Tolerances()
 _TOLERANCE_KEYS = tuple(f.name for f in dataclasses.fields(Tolerances))
 
@@ -255,14 +262,35 @@ def check_hardware(
 
 def scenario_mismatch(baseline_llm: Mapping[str, Any], result: RunResult) -> str | None:
     """Why a baseline entry measured something else than this run, or ``None``."""
-    now = {
+    now: dict[str, Any] = {
         "model": result.model,
         "backend": result.backend,
         "input_tokens": result.scenario.input_tokens,
         "output_tokens": result.scenario.output_tokens,
         "concurrency": result.scenario.concurrency,
+        **{k: v for k, v in result.extra.items() if k in ("traffic", "sweep", "capacity")},
     }
-    diffs = [f"{k} {baseline_llm.get(k)!r} -> {v!r}" for k, v in now.items() if baseline_llm.get(k) != v]
+    return entry_mismatch(baseline_llm, now)
+
+
+def entry_mismatch(baseline_llm: Mapping[str, Any], current_llm: Mapping[str, Any]) -> str | None:
+    """Why two entries (``extra_info["llm"]``) measured different things, or ``None``.
+
+    Beyond the scenario, the traffic, a sweep's loads and a capacity search's
+    bounds and budget must match (``schema.plan_of``); a capacity entry's
+    concurrency is its answer, not its scenario, so it may differ.
+    """
+    keys = ["model", "backend", "input_tokens", "output_tokens", "concurrency"]
+    plan_now, plan_then = plan_of(current_llm), plan_of(baseline_llm)
+    if "capacity" in plan_now:
+        keys.remove("concurrency")
+    diffs = [
+        f"{k} {baseline_llm.get(k)!r} -> {current_llm.get(k)!r}"
+        for k in keys
+        if baseline_llm.get(k) != current_llm.get(k)
+    ]
+    diffs += [f"{k} {plan_then.get(k)!r} -> {plan_now.get(k)!r}" for k in sorted({*plan_now, *plan_then})
+              if plan_now.get(k) != plan_then.get(k)]  # fmt: skip
     return "baseline measured another case, not compared: " + "; ".join(diffs) if diffs else None
 
 
@@ -298,7 +326,10 @@ def judge(
             invalid.append(hardware.message)
         else:
             notes.append(hardware.message)
-    budget_reasons = budgets.violations(result.summary) if budgets is not None else ()
+    figures = (
+        {k: v for k, (v, _) in run_figures(result.extra).items()} if "capacity" in result.extra else None
+    )
+    budget_reasons = budgets.violations(result.summary, figures) if budgets is not None else ()
     comparisons: tuple[Comparison, ...] = ()
     evidence = Evidence.single(baseline) if isinstance(baseline, Mapping) else baseline
     gated = evidence is not None and not (hardware is not None and hardware.fatal)
@@ -320,6 +351,9 @@ def judge(
                 pooled_repeats=evidence.pooled_repeats,
                 comparisons=evidence.comparisons,
                 alpha=alpha,
+                # A capacity test's per-request figures are of its answer's load, which moves between
+                # runs: only the capacity itself (and errors) are compared.
+                samples="capacity" not in result.extra,
             )
             if len(evidence.runs) == 1 and any(c.method != "absolute" for c in comparisons):
                 notes.append(ONE_RUN_NOTE)

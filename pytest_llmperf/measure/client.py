@@ -101,8 +101,13 @@ def prepare(
     input_tokens: int,
     max_tokens: int,
     warmup: bool = False,
+    body: Mapping[str, object] | None = None,
 ) -> Prepared:
-    """Build the request bytes (HTTP/1.1, ``Connection: close``) for one request."""
+    """Build the request bytes (HTTP/1.1, ``Connection: close``) for one request.
+
+    ``body`` replaces the JSON body ``request_body`` would build (a conversation's
+    history, a dataset's chat messages); ``prompt`` is then unused.
+    """
     api = target.capabilities.api
     url = urlsplit(target.base_url)
     tls = url.scheme == "https"
@@ -112,7 +117,8 @@ def prepare(
     path = PATHS[api]
     if prefix.endswith("/v1") and path.startswith("/v1/"):
         prefix = prefix[: -len("/v1")]
-    body = json.dumps(request_body(target, prompt, max_tokens), separators=(",", ":")).encode()
+    payload = body if body is not None else request_body(target, prompt, max_tokens)
+    encoded = json.dumps(payload, separators=(",", ":")).encode()
     host_header = host if url.port is None else f"{host}:{port}"
     if ":" in host and not host.startswith("["):
         host_header = f"[{host}]" + (f":{port}" if url.port is not None else "")
@@ -122,7 +128,7 @@ def prepare(
         "User-Agent: pytest-llmperf",
         "Content-Type: application/json",
         "Accept: application/x-ndjson" if api.startswith("ollama") else "Accept: text/event-stream",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {len(encoded)}",
         "Connection: close",
         f"x-request-id: {request_id}",
     ]
@@ -135,7 +141,7 @@ def prepare(
         host=host,
         port=port,
         tls=tls,
-        payload=head + body,
+        payload=head + encoded,
         input_tokens_requested=input_tokens,
         output_tokens_requested=max_tokens,
         warmup=warmup,

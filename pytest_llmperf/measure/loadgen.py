@@ -8,7 +8,13 @@
   already in flight, in which case it waits. The wait (``sent_ns -
   scheduled_ns``) is client queue delay, reported on its own, never in TTFT.
 
-Warm-up requests run first, to completion, marked ``warmup=True``. With
+* Conversations (``Scenario.turns`` > 1, closed loop): each worker takes the
+  next conversation and sends its turns one after another, so turn k+1 is
+  sent only once turn k has ended (its answer is part of the next prompt).
+
+With ``Scenario.duration_s`` no request is started once that long has passed
+since the measured phase began (``requests`` is then a cap); requests in
+flight finish. Warm-up requests run first, to completion, marked ``warmup=True``. With
 ``Scenario.adaptive`` the run stops issuing requests once the 95% confidence
 intervals of median TPOT and output tok/s are tight enough (see
 ``stats.precision_reached``). An event-loop lag sampler runs alongside the
@@ -121,6 +127,7 @@ class _Run:
         self.records: list[RequestRecord] = []
         self.measured: list[RequestRecord] = []
         self.stop = False
+        self.expired = False
         self.next_check = scenario.min_requests
         self.queue: asyncio.Queue[Finished | None] = asyncio.Queue()
 
@@ -161,6 +168,25 @@ class _Run:
                 self.queue.put_nowait(await self.send(i, _now()))
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
+
+    def expire(self) -> None:
+        """``duration_s`` is over: start nothing more."""
+        self.expired = self.stop = True
+
+    async def conversations(self, first: int, count: int, turns: int, concurrency: int) -> None:
+        """Closed loop over conversations of ``turns`` requests: indices ``first + conv * turns + turn``."""
+        end = first + count
+        starts = iter(range(first, end, turns))
+
+        async def worker() -> None:
+            for start in starts:
+                for i in range(start, min(start + turns, end)):
+                    if self.stop:
+                        return
+                    self.queue.put_nowait(await self.send(i, _now()))
+
+        n_conversations = -(-count // turns)
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, n_conversations))))
 
     async def opened(self, first: int) -> None:
         sc = self.scenario
@@ -212,14 +238,23 @@ async def run_load(
     parser = asyncio.create_task(run.parser())
     sampler = LagSampler()
     sampler.start()
+    deadline = (
+        asyncio.get_running_loop().call_later(scenario.duration_s, run.expire)
+        if scenario.duration_s
+        else None
+    )
     try:
-        if scenario.rate is None:
+        if scenario.rate is None and scenario.turns > 1:
+            await run.conversations(scenario.warmup, scenario.requests, scenario.turns, scenario.concurrency)
+        elif scenario.rate is None:
             await run.closed(scenario.warmup, scenario.requests, max(1, scenario.concurrency), False)
         else:
             await run.opened(scenario.warmup)
     finally:
+        if deadline is not None:
+            deadline.cancel()
         lag = sampler.stop()
         run.queue.put_nowait(None)
         await parser
-    stopped_early = run.stop and len(run.measured) < scenario.requests
+    stopped_early = run.stop and not run.expired and len(run.measured) < scenario.requests
     return LoadResult(records=tuple(run.records), loop_lag_ms=lag, stopped_early=stopped_early)

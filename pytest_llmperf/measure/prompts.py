@@ -201,22 +201,61 @@ def _check_reachable(n_tokens: int, overhead: int) -> None:
 _POOLS: dict[tuple[str, str, str, str], list[str]] = {}
 
 
+def word_pool(target: Target, counter: Counter) -> list[str]:
+    """The one-token words of ``target``'s tokenizer (found once per server and API)."""
+    key = (target.base_url, target.model, str(target.capabilities.tokenize), target.capabilities.api)
+    if key not in _POOLS:
+        _POOLS[key] = single_token_words(counter)
+    return _POOLS[key]
+
+
 def build_prompts(target: Target, n_tokens: int, count: int, seed: int, salt: str = "") -> list[Prompt]:
     """``count`` different prompts of ``n_tokens`` input tokens for ``target``.
 
     The words of prompt ``i`` come from ``random.Random(f"{salt}/{seed}/{i}")``.
     """
+    return build_prompts_of(target, [n_tokens] * count, seed, salt)
+
+
+def build_prompts_of(target: Target, lengths: Sequence[int], seed: int, salt: str = "") -> list[Prompt]:
+    """One fresh prompt per entry of ``lengths``, prompt ``i`` of exactly ``lengths[i]`` tokens.
+
+    Same RNG keys as ``build_prompts``, so a fixed length gives the same prompts.
+    """
     counter = tokenizer_counter(target)
     stem = f"{salt}/{seed}"
     if counter is None:
-        return _calibrated_prompts(target, n_tokens, count, stem)
+        return _calibrated_prompts(target, lengths, stem)
     overhead = counter("")
-    _check_reachable(n_tokens, overhead)
-    key = (target.base_url, target.model, str(target.capabilities.tokenize), target.capabilities.api)
-    if key not in _POOLS:
-        _POOLS[key] = single_token_words(counter)
-    pool = _POOLS[key]
-    return [fit_prompt(n_tokens, pool, random.Random(f"{stem}/{i}"), counter, overhead) for i in range(count)]
+    if lengths:
+        _check_reachable(min(lengths), overhead)
+    pool = word_pool(target, counter)
+    return [
+        fit_prompt(n, pool, random.Random(f"{stem}/{i}"), counter, overhead) for i, n in enumerate(lengths)
+    ]
+
+
+def fit_text(text: str, n_tokens: int, pool: Sequence[str], rng: random.Random, count: Counter) -> Prompt:
+    """``text`` cut or padded to exactly ``n_tokens``: its words first, then one-token words.
+
+    Cuts words from the end while the server counts too many; pads with words
+    of ``pool`` while it counts too few (a dataset's prompt at an asked length).
+    """
+    words = text.split()
+    got = -1
+    for _ in range(40):
+        got = count(" ".join(words))
+        diff = n_tokens - got
+        if diff == 0:
+            return Prompt(" ".join(words), got)
+        if diff > 0:
+            words += [rng.choice(pool) for _ in range(diff)]
+        else:
+            # Dataset words may be several tokens each: cut by halves of the excess, at least one word.
+            del words[max(len(words) - max(-diff // 2, 1), 0) :]
+    raise ServerError(
+        f"could not fit a dataset prompt to exactly {n_tokens} tokens (the server counted {got})"
+    )
 
 
 def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> int:
@@ -227,7 +266,7 @@ def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> 
     return max(round(w1 + (n_tokens - t1) / per_word), 0)
 
 
-def _calibrated_prompts(target: Target, n_tokens: int, count: int, stem: str) -> list[Prompt]:
+def _calibrated_prompts(target: Target, lengths: Sequence[int], stem: str) -> list[Prompt]:
     rng = random.Random(f"{stem}/probe")  # the probes are prompts the server sees, salted too
 
     def probe(words: int) -> tuple[int, int]:
@@ -235,15 +274,21 @@ def _calibrated_prompts(target: Target, n_tokens: int, count: int, stem: str) ->
 
     small = probe(8)
     overhead = small[1] - small[0]
-    _check_reachable(n_tokens, overhead)
-    large = probe(max(n_tokens - overhead, 16))
-    words = words_for(n_tokens, small, large)
-    if large[0] != words:
-        check = probe(words)
-        if check[1] != n_tokens:
-            words = words_for(n_tokens, small, check) if check[0] != small[0] else words
+    distinct = sorted(set(lengths))
+    if not distinct:
+        return []
+    _check_reachable(distinct[0], overhead)
+    large = probe(max(distinct[-1] - overhead, 16))
+    words_of = {n: words_for(n, small, large) for n in distinct}
+    if len(distinct) == 1:
+        # One length: check the line's answer once, and correct it from that probe.
+        n_tokens, words = distinct[0], words_of[distinct[0]]
+        if large[0] != words:
+            check = probe(words)
+            if check[1] != n_tokens and check[0] != small[0]:
+                words_of[n_tokens] = words_for(n_tokens, small, check)
     prompts = []
-    for i in range(count):
+    for i, n_tokens in enumerate(lengths):
         r = random.Random(f"{stem}/{i}")
-        prompts.append(Prompt(" ".join(r.choice(WORDS) for _ in range(words)), None))
+        prompts.append(Prompt(" ".join(r.choice(WORDS) for _ in range(words_of[n_tokens])), None))
     return prompts

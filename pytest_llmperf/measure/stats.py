@@ -9,10 +9,12 @@ support (no completed request, token counts the server never reported) is
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
-from pytest_llmperf.records import Distribution, RequestRecord, Scenario, Summary
+from pytest_llmperf.records import Distribution, RequestRecord, Scenario, Slo, Summary
 
 NS_PER_MS = 1_000_000.0
 NS_PER_S = 1_000_000_000.0
@@ -221,8 +223,132 @@ def summarize(records: Iterable[RequestRecord], scenario: Scenario) -> Summary:
         error_rate=errors / requests if requests else 0.0,
         input_tokens_mean=sum(in_known) / len(in_known) if in_known else None,
         output_tokens_mean=sum(out_known) / len(out_known) if out_known else None,
-        output_length_misses=sum(1 for n in outputs if n != scenario.output_tokens),
+        # Each request against its own ask: length distributions ask different lengths.
+        output_length_misses=sum(
+            1 for r in done if r.output_tokens != (r.output_tokens_requested or scenario.output_tokens)
+        ),
     )
+
+
+# -- goodput -------------------------------------------------------------------------------------
+
+
+def is_good(record: RequestRecord, slo: Slo) -> bool:
+    """Whether a request completed and met every per-request limit, as vLLM's ``--goodput`` counts.
+
+    TTFT and E2E count from ``scheduled_ns``, when the request was due, so a
+    request that waited for a free slot carries that wait. A limit on a figure
+    the request does not define (the TPOT of a one-token answer) holds: vLLM
+    counts its TPOT as 0.
+    """
+    if not record.ok:
+        return False
+    if slo.ttft_ms is not None and (record.chunk_ns[0] - record.scheduled_ns) / NS_PER_MS > slo.ttft_ms:
+        return False
+    if slo.e2e_ms is not None and (record.end_ns - record.scheduled_ns) / NS_PER_MS > slo.e2e_ms:
+        return False
+    tpot = record.tpot_ns
+    return slo.tpot_ms is None or tpot is None or tpot / NS_PER_MS <= slo.tpot_ms
+
+
+def with_goodput(summary: Summary, records: Iterable[RequestRecord], slo: Slo) -> Summary:
+    """``summary`` with its goodput figures: good requests, SLO attainment, goodput in req/s and tok/s.
+
+    Over the measured (non-warm-up) requests and the summary's measured window.
+    Attainment is good / measured (a failed request is never good). Goodput in
+    tok/s counts the output tokens of good requests and is ``None`` when any
+    of them lacks a usage count; both rates are ``None`` without a window.
+    """
+    measured = [r for r in records if not r.warmup]
+    good = [r for r in measured if is_good(r, slo)]
+    window = summary.duration_s
+    tokens = [r.output_tokens for r in good]
+    known = all(t is not None for t in tokens)
+    return dataclasses.replace(
+        summary,
+        slo=slo,
+        good_requests=len(good),
+        slo_attainment=len(good) / len(measured) if measured else None,
+        goodput_rps=len(good) / window if window > 0 else None,
+        goodput_tok_per_s=sum(t or 0 for t in tokens) / window if window > 0 and known else None,
+    )
+
+
+# -- sweeps: saturation and the knee ---------------------------------------------------------------
+
+SATURATION_GAIN = 0.10
+"""A point "adds throughput" when its output tok/s beats every earlier point's by more than this."""
+PLATEAU_POINTS = 2
+"""A sweep stops after this many points in a row that add no throughput."""
+LATENCY_BLOWUP = 10.0
+"""A sweep stops when median E2E reaches this multiple of the first point's."""
+ERROR_BLOWUP = 0.10
+"""A sweep stops when more than this fraction of a point's requests failed."""
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    """What the sweep rules read of one measured load: its throughput, latency and errors."""
+
+    load: float
+    output_tok_per_s: float | None
+    e2e_ms_p50: float | None
+    error_rate: float
+
+
+def knee(points: Sequence[CurvePoint], gain: float = SATURATION_GAIN) -> int | None:
+    """Index of the knee: the lightest load that no later load beats by more than ``gain`` in tok/s.
+
+    Loads beyond it buy less than ``gain`` (10%) more throughput each, and
+    only add latency. ``None`` when no point has a throughput.
+    """
+    rates = [p.output_tok_per_s for p in points]
+    for i, rate in enumerate(rates):
+        if rate is None:
+            continue
+        if all(later is None or later <= rate * (1 + gain) for later in rates[i + 1 :]):
+            return i
+    return None
+
+
+def saturation(
+    points: Sequence[CurvePoint],
+    *,
+    gain: float = SATURATION_GAIN,
+    plateau: int = PLATEAU_POINTS,
+    latency_blowup: float = LATENCY_BLOWUP,
+    error_blowup: float = ERROR_BLOWUP,
+) -> str | None:
+    """Why a sweep should stop after its last point (the server saturated), or ``None`` to go on.
+
+    * errors exploded: more than ``error_blowup`` of the last point's requests failed;
+    * latency exploded: its median E2E is ``latency_blowup`` times the first point's;
+    * throughput stopped rising: each of the last ``plateau`` points stayed within
+      ``gain`` of the best throughput measured before it.
+    """
+    if not points:
+        return None
+    last = points[-1]
+    name = f"{last.load:g}"
+    if last.error_rate > error_blowup:
+        return f"errors exploded at {name}: {last.error_rate:.0%} of its requests failed"
+    if last.output_tok_per_s is None:
+        return f"no throughput at {name}: no completed request with a token count"
+    first = points[0].e2e_ms_p50
+    if first and last.e2e_ms_p50 is not None and last.e2e_ms_p50 >= latency_blowup * first:
+        return (
+            f"latency exploded at {name}: median E2E {last.e2e_ms_p50:.0f} ms is "
+            f"{last.e2e_ms_p50 / first:.0f}x the first point's"
+        )
+    if len(points) <= plateau:
+        return None
+    for k in range(len(points) - plateau, len(points)):
+        best = max((p.output_tok_per_s or 0.0) for p in points[:k])
+        now = points[k].output_tok_per_s
+        if now is not None and now > best * (1 + gain):
+            return None
+    loads = ", ".join(f"{p.load:g}" for p in points[-plateau:])
+    return f"saturated: throughput at {loads} rose less than {gain:.0%} over the best before"
 
 
 # -- run-to-run noise ---------------------------------------------------------------------------

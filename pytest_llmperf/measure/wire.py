@@ -397,3 +397,36 @@ def parse_response(api: Api, reads: Sequence[Read], eof_ns: int, max_tokens: int
         output_tokens=out,
         error=error,
     )
+
+
+def response_text(api: Api, reads: Sequence[Read]) -> str:
+    """The generated text of a whole response (what a multi-turn conversation appends to its history).
+
+    Empty for a response that is not a usable 200 stream; it never raises.
+    """
+    split = _split_http(reads)
+    if isinstance(split, str) or split.status != 200:
+        return ""
+    chat = api in ("chat", "ollama-chat")
+    if api.startswith("ollama"):
+        payloads = [line.strip() for line in split.body.split(b"\n") if line.strip()]
+    else:
+        payloads = [p for p in _sse_payloads(split.body)[1] if p != b"[DONE]"]
+    objs = _decode_all(payloads, "event")
+    if isinstance(objs, str):
+        return ""
+    parts: list[str] = []
+    for obj in objs:
+        if not isinstance(obj, dict):
+            continue
+        if api.startswith("ollama"):
+            holder = obj.get("message") if chat else obj
+            text = holder.get("content" if chat else "response") if isinstance(holder, dict) else None
+        else:
+            choices = obj.get("choices")
+            first = choices[0] if isinstance(choices, list) and choices else None
+            holder = first.get("delta") if chat and isinstance(first, dict) else first
+            text = holder.get("content" if chat else "text") if isinstance(holder, dict) else None
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)

@@ -6,7 +6,9 @@ measured nothing, say one whose server never started, has a row without
 figures). The Markdown is GitHub-flavoured so a CI job can append it to
 ``$GITHUB_STEP_SUMMARY``; its summary line counts tests the way pytest's does.
 Plots draw the classic curves (E2E latency against output tokens per
-concurrency, output tok/s against concurrency, TTFT against input tokens)
+concurrency, output tok/s against concurrency, TTFT against input tokens),
+and ``curves`` adds the machine report (capacity per model), each sweep's
+points and the latency-throughput curves of sweeps and capacity searches
 with matplotlib's Agg canvas, never pyplot, so no global backend is touched;
 without matplotlib there are no plots (``plots_available`` tells the caller,
 which says so in one line), never a warning or an error.
@@ -17,10 +19,12 @@ This module formats and writes; it must not measure, judge or change outcomes.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from pytest_llmperf.output import curves
 from pytest_llmperf.records import PYTEST_WORDS, Outcome, RunResult
 
 MARKDOWN_NAME = "llmperf-summary.md"
@@ -60,10 +64,15 @@ class ReportRow:
     error_rate: float | None
     outcome: str
     reason: str
+    goodput_rps: float | None = None
+    slo_attainment: float | None = None
+    sweep: Mapping[str, Any] | None = None
+    capacity: Mapping[str, Any] | None = None
 
     @classmethod
     def from_result(cls, nodeid: str, result: RunResult, outcome: Outcome | None = None) -> ReportRow:
         s, sc = result.summary, result.scenario
+        sweep, capacity = result.extra.get("sweep"), result.extra.get("capacity")
         return cls(
             nodeid=nodeid,
             model=result.model,
@@ -84,7 +93,49 @@ class ReportRow:
             error_rate=s.error_rate,
             outcome=outcome.kind if outcome is not None else "",
             reason=outcome.reason if outcome is not None else "",
+            goodput_rps=s.goodput_rps,
+            slo_attainment=s.slo_attainment,
+            sweep=sweep if isinstance(sweep, Mapping) else None,
+            capacity=capacity if isinstance(capacity, Mapping) else None,
         )
+
+    @classmethod
+    def from_llm(cls, nodeid: str, llm: Mapping[str, Any]) -> ReportRow:
+        """A row from a saved entry's ``extra_info["llm"]`` (re-rendering a run from its JSON)."""
+
+        def stat(metric: str, name: str) -> float | None:
+            dist = llm.get(metric)
+            return dist.get(name) if isinstance(dist, Mapping) else None
+
+        rate, c = llm.get("rate"), int(llm.get("concurrency") or 0)
+        load = f"c{c}" if rate is None else f"r{rate:g}c{c}"
+        sweep, capacity = llm.get("sweep"), llm.get("capacity")
+        return cls(
+            nodeid=nodeid, model=str(llm.get("model", "")), backend=str(llm.get("backend", "")),
+            scenario=f"in{llm.get('input_tokens')}-out{llm.get('output_tokens')}-{load}",
+            input_tokens=int(llm.get("input_tokens") or 0), output_tokens=int(llm.get("output_tokens") or 0),
+            concurrency=c, rate=rate, requests=int(llm.get("requests") or 0),
+            ttft_ms_p50=stat("ttft_ms", "p50"), ttft_ms_p95=stat("ttft_ms", "p95"),
+            tpot_ms_p50=stat("tpot_ms", "p50"), e2e_ms_p50=stat("e2e_ms", "p50"),
+            e2e_ms_p95=stat("e2e_ms", "p95"),
+            output_tok_per_s=llm.get("output_tok_per_s"), total_tok_per_s=llm.get("total_tok_per_s"),
+            error_rate=llm.get("error_rate"), outcome=str(llm.get("outcome", "")),
+            reason=next(iter(llm.get("reasons") or []), ""), goodput_rps=llm.get("goodput_rps"),
+            slo_attainment=llm.get("slo_attainment"),
+            sweep=sweep if isinstance(sweep, Mapping) else None,
+            capacity=capacity if isinstance(capacity, Mapping) else None,
+        )  # fmt: skip
+
+    @property
+    def case(self) -> str:
+        """The case as tables name it: the scenario, or what a sweep or capacity search measured."""
+        if self.sweep:
+            knee = self.sweep.get("knee_load")
+            return f"{self.scenario} sweep" + (f", knee {knee:g}" if isinstance(knee, (int, float)) else "")
+        if self.capacity:
+            found = curves.capacity_label(self.capacity)
+            return f"in{self.input_tokens}-out{self.output_tokens} capacity {found}"
+        return self.scenario
 
     @classmethod
     def unmeasured(cls, nodeid: str, model: str, backend: str, outcome: Outcome) -> ReportRow:
@@ -131,7 +182,7 @@ def _cells(row: ReportRow) -> tuple[str, ...]:
     return (
         row.model,
         row.test,
-        row.scenario,
+        row.case,
         _num(row.ttft_ms_p50),
         _num(row.ttft_ms_p95),
         _num(row.tpot_ms_p50),
@@ -185,16 +236,19 @@ def render_markdown(rows: Sequence[ReportRow]) -> str:
             f"### {_md(model)} ({_md(backend)})",
             "",
             "| Test | Case | TTFT p50 (ms) | TTFT p95 (ms) | TPOT p50 (ms) | E2E p50 (ms) "
-            "| Output tok/s | Errors | Outcome |",
-            "|---|---|--:|--:|--:|--:|--:|--:|---|",
+            "| Output tok/s | Goodput req/s | SLO met | Errors | Outcome |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
         ]
         out += [
-            f"| `{_md(r.test)}` | {r.scenario} | {_num(r.ttft_ms_p50)} | {_num(r.ttft_ms_p95)} "
+            f"| `{_md(r.test)}` | {_md(r.case)} | {_num(r.ttft_ms_p50)} | {_num(r.ttft_ms_p95)} "
             f"| {_num(r.tpot_ms_p50)} | {_num(r.e2e_ms_p50)} | {_num(r.output_tok_per_s)} "
+            f"| {_num(r.goodput_rps)} | {_pct(r.slo_attainment)} "
             f"| {_pct(r.error_rate)} | {_BADGES.get(r.outcome, r.outcome or '-')} |"
             for r in group
         ]
         out.append("")
+    out += curves.machine_tables(rows)
+    out += curves.sweep_tables(rows)
     failing = [r for r in rows if r.outcome not in ("", "pass")]
     if failing:
         out += ["### Failures", ""]
@@ -355,6 +409,7 @@ def write_plots(directory: Path, items: Sequence[RunResult | ReportRow]) -> list
     if not plots_available():
         return []
     rows = [i if isinstance(i, ReportRow) else ReportRow.from_result("", i) for i in items]
-    rows = [r for r in rows if r.rate is None]  # open-loop cases have no fixed concurrency to plot against
     directory.mkdir(parents=True, exist_ok=True)
-    return [directory / c.file for c in CHARTS if _draw(directory / c.file, c, rows)]
+    drawn = curves.write_curves(directory, [r for r in rows if r.nodeid])
+    rows = [r for r in rows if r.rate is None]  # open-loop cases have no fixed concurrency to plot against
+    return [directory / c.file for c in CHARTS if _draw(directory / c.file, c, rows)] + drawn

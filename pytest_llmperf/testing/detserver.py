@@ -27,6 +27,21 @@ Bearer $VAR``, as vLLM's ``--api-key`` does; ``--basic-auth-env VAR`` (VAR
 holding ``user:password``) wants HTTP basic auth instead, as a server behind a
 proxy with ``http://user:password@host`` credentials does.
 
+A batch-limited mode makes it a server that saturates, with a latency model
+whose answers can be worked out by hand (``--max-batch N``,
+``--itl-growth-ms G``):
+
+* at most N requests generate at once; a request arriving when N do waits,
+  in arrival order, for one to finish (its TTFT carries the wait);
+* a request's first token comes ``ttft`` after it starts generating, and
+  the gap after each token is ``itl + G * (active - 1)``, ``active`` being
+  the requests generating when that token is written.
+
+So a closed loop at concurrency c <= N has TPOT ``itl + G(c - 1)`` and output
+throughput ``c T / (ttft + (T - 1)(itl + G(c - 1)))`` for T output tokens;
+beyond N, throughput stays at its value for N and only TTFT grows. Jitter
+(``--jitter-ms``) adds to the TTFT and every gap, as in the plain mode.
+
 This module must not import the rest of the package beyond the standard
 library and uvloop: it is the reference the client is measured against.
 """
@@ -42,6 +57,7 @@ import os
 import random
 import sys
 import time
+from collections import deque
 from email.utils import formatdate
 from typing import IO, Any
 
@@ -88,6 +104,10 @@ class Config:
                 raise SystemExit(f"--basic-auth-env {ns.basic_auth_env}: set it to user:password")
             self.authorization = "Basic " + base64.b64encode(pair.encode()).decode()
         self.log_prompts: bool = ns.log_prompts
+        self.max_batch: int = max(0, ns.max_batch)
+        self.itl_growth_s: float = ns.itl_growth_ms / 1000.0
+        # Token times depend on the batch as it is then: computed token by token, not up front.
+        self.batched: bool = self.max_batch > 0 or self.itl_growth_s > 0
         if ns.fault:
             if ns.fault.startswith("die-after="):
                 self.die_after = int(ns.fault.split("=", 1)[1])
@@ -108,6 +128,8 @@ class State:
         self.seq = 0
         self.finished = 0
         self.running = 0
+        self.active = 0
+        self.waiting: deque[Generation] = deque()
         self.ttft_counts = [0] * (len(TTFT_BUCKETS) + 1)
         self.ttft_sum = 0.0
         self.prompt_tokens = 0
@@ -131,6 +153,14 @@ class State:
 
     def metrics(self) -> bytes:
         return wf.prometheus(self, self.cfg.model, TTFT_BUCKETS).encode()
+
+    def admit_waiting(self) -> None:
+        """Start waiting requests, oldest first, while the batch has room."""
+        limit = self.cfg.max_batch
+        while self.waiting and (limit == 0 or self.active < limit):
+            gen = self.waiting.popleft()
+            if not gen.done:
+                gen.admit()
 
 
 class Generation:
@@ -163,8 +193,22 @@ class Generation:
         self.handle: asyncio.TimerHandle | None = None
         self.done = False
         rng = random.Random(cfg.seed * 1_000_003 + self.seq) if cfg.jitter_s > 0 else None
+        self.rng = rng
         itl = cfg.slow_itl_s if self.fault == "slow" else cfg.itl_s
+        self.itl_s = itl
         loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.started = False
+        self.admitted = False
+        st.running += 1
+        st.prompt_tokens += self.shape.prompt_tokens
+        self.due: list[float] = []
+        if cfg.batched:
+            if cfg.max_batch == 0 or st.active < cfg.max_batch:
+                self.admit()
+            else:
+                st.waiting.append(self)
+            return
         start = loop.time()
         # Absolute due times, so that a late tick does not delay every later token.
         first = cfg.ttft_s + (rng.gauss(0.0, cfg.jitter_s) if rng else 0.0)
@@ -173,11 +217,21 @@ class Generation:
             gap = itl + (rng.gauss(0.0, cfg.jitter_s) if rng else 0.0)
             due.append(due[-1] + max(gap, 0.0))
         self.due = due
-        self.loop = loop
-        st.running += 1
-        st.prompt_tokens += self.shape.prompt_tokens
+
+    def _noise(self) -> float:
+        return self.rng.gauss(0.0, self.conn.state.cfg.jitter_s) if self.rng else 0.0
+
+    def admit(self) -> None:
+        """Batched mode: start generating now (a slot is free); the first token is ``ttft`` away."""
+        st = self.conn.state
+        st.active += 1
+        self.admitted = True
+        self.due = [self.loop.time() + max(st.cfg.ttft_s + self._noise(), 0.0)]
+        if self.started:
+            self._schedule()
 
     def start(self) -> None:
+        self.started = True
         if self.fault == "http500":
             self.conn.respond(500, self.shape.error_body(), self.shape.json_type, done=self)
             return
@@ -192,8 +246,16 @@ class Generation:
         self._schedule()
 
     def _schedule(self) -> None:
-        step = self.conn.state.cfg.chunk_tokens if self.shape.stream else self.n
+        st = self.conn.state
+        step = st.cfg.chunk_tokens if self.shape.stream else self.n
         last = min(self.sent + step, self.n) - 1
+        if st.cfg.batched:
+            if not self.admitted:
+                return  # admit() schedules it once a slot is free
+            while len(self.due) <= last:
+                # The gap after a token depends on the batch when that token is written: now.
+                gap = self.itl_s + st.cfg.itl_growth_s * (st.active - 1) + self._noise()
+                self.due.append(self.due[-1] + max(gap, 0.0))
         self.handle = self.loop.call_at(self.due[last], self._tick)
 
     def _tick(self) -> None:
@@ -244,6 +306,12 @@ class Generation:
         st = self.conn.state
         st.running -= 1
         st.generation_tokens += self.sent
+        if self.admitted:
+            self.admitted = False
+            st.active -= 1
+            st.admit_waiting()
+        elif st.cfg.batched and self in st.waiting:
+            st.waiting.remove(self)
         if st.log is not None and (self.first_ns or aborted):
             entry: dict[str, Any] = {
                 "id": self.request_id,
@@ -410,6 +478,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="require HTTP basic auth with $VAR (user:password) on /v1/* (401 otherwise)",
     )
     p.add_argument("--log-prompts", action="store_true", help="also log each request's prompt text")
+    p.add_argument(
+        "--max-batch", type=int, default=0, help="requests generating at once; later ones wait (0: no limit)"
+    )
+    p.add_argument(
+        "--itl-growth-ms",
+        type=float,
+        default=0.0,
+        help="each token's gap grows by this much per other request generating (batched mode)",
+    )
     return p.parse_args(argv)
 
 

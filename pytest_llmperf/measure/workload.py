@@ -1,0 +1,295 @@
+"""A run with realistic traffic, end to end: each request's prompt and length, then the load.
+
+``plan`` builds every request of a ``traffic.Workload`` before any clock
+starts (control plane, like ``runner.prepare_requests``): lengths drawn from
+the seeded distributions, fresh prompts fitted to each request's own length,
+a dataset's prompts (as they are, or cut and padded to an asked length with
+the same exact-length machinery), shared prefixes of exactly P tokens, and
+the new user message of every conversation turn. ``measure`` runs it and
+returns a ``RunResult`` like ``runner.measure``, with the workload's record
+in ``extra["traffic"]``.
+
+A conversation's later turns cannot be built ahead: turn k+1 carries turn
+k's answer. Its request is built when its worker sends it (``loadgen`` sends
+a conversation's turns one after another), from the text of the previous
+answer (``wire.response_text``); that costs a ``json.dumps`` on the event
+loop, counted as client queue delay, never in TTFT.
+
+Requests that share a prefix, and conversations, ask the server to cache
+prompts where a request can say so (llama-server's ``cache_prompt``). This
+module must not write files or print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import random
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.measure import client, loadgen, prompts, runner, wire
+from pytest_llmperf.measure.client import Target
+from pytest_llmperf.measure.stats import summarize
+from pytest_llmperf.measure.traffic import Workload, draw_lengths, realized
+from pytest_llmperf.records import RequestRecord, RunResult, Scenario
+
+Message = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request before it is sent: a prompt text, or chat messages, and the lengths it asks.
+
+    ``input_tokens`` is the server's count of the prompt where it was checked
+    (for a conversation's later turn: of its new message alone), else ``None``.
+    """
+
+    text: str
+    messages: tuple[Message, ...] = ()
+    input_tokens: int | None = None
+    output_tokens: int = 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every request of a run, warm-up ones first, and what the JSON records of how they were made."""
+
+    requests: tuple[Planned, ...]
+    checked: bool
+    context_tokens: int
+    info: Mapping[str, object]
+
+    @property
+    def nominal_input(self) -> int:
+        known = [p.input_tokens for p in self.requests if p.input_tokens is not None]
+        return round(sum(known) / len(known)) if known else 0
+
+
+def with_cache(target: Target, cache: bool | None) -> Target:
+    """``target`` whose requests ask the server to cache prompts (or not), where a request can say so."""
+    caps = target.capabilities
+    if cache is None or "cache_prompt" not in caps.extra_body:
+        return target
+    body = {**caps.extra_body, "cache_prompt": cache}
+    return dataclasses.replace(target, capabilities=dataclasses.replace(caps, extra_body=body))
+
+
+def _counted(counter: prompts.Counter | None, text: str) -> int | None:
+    return counter(text) if counter is not None else None
+
+
+def _shared_prefix(
+    target: Target, workload: Workload, lengths: Sequence[int], stem: str, salt: str
+) -> list[Planned]:
+    counter = prompts.tokenizer_counter(target)
+    p = workload.shared_prefix
+    if counter is None:
+        # No tokenizer: word counts from the usage calibration; each request's usage says what it got.
+        groups = workload.prefix_groups
+        built = prompts.build_prompts_of(target, [p] * groups + list(lengths), workload.seed, salt)
+        words = [b.text.split() for b in built[:groups]]
+        return [
+            Planned(" ".join([*words[i % groups], *b.text.split()[len(words[i % groups]) :]]), (), None, 0)
+            for i, b in enumerate(built[groups:])
+        ]
+    pool = prompts.word_pool(target, counter)
+    overhead = counter("")
+    heads = [
+        prompts.fit_prompt(p, pool, random.Random(f"{stem}/prefix/{g}"), counter, overhead).text
+        for g in range(workload.prefix_groups)
+    ]
+    out = []
+    for i, n in enumerate(lengths):
+        head = heads[i % len(heads)]
+
+        def count(text: str, head: str = head) -> int:
+            return counter(f"{head} {text}")
+
+        tail = prompts.fit_prompt(n, pool, random.Random(f"{stem}/{i}"), count, p)
+        out.append(Planned(f"{head} {tail.text}", (), tail.tokens, 0))
+    return out
+
+
+def _dataset(target: Target, workload: Workload, count: int, lengths: Sequence[int] | None) -> list[Planned]:
+    data = workload.dataset
+    assert data is not None
+    order = list(range(len(data.entries)))
+    random.Random(f"dataset/{workload.seed}").shuffle(order)
+    counter = prompts.tokenizer_counter(target)
+    if lengths is not None and counter is None:
+        raise ConfigError(
+            "a dataset cut to asked lengths needs the server's tokenizer (/tokenize), which this one lacks; "
+            "leave input_tokens out to send the dataset's prompts as they are"
+        )
+    chat = target.capabilities.api in ("chat", "ollama-chat")
+    out = []
+    for i in range(count):
+        entry = data.entries[order[i % len(order)]]
+        if lengths is not None and counter is not None:
+            pool = prompts.word_pool(target, counter)
+            fitted = prompts.fit_text(entry.flat(), lengths[i], pool, random.Random(f"dataset/{i}"), counter)
+            out.append(Planned(fitted.text, (), fitted.tokens, entry.output_tokens or 0))
+        elif entry.messages and chat:
+            single = len(entry.messages) == 1 and entry.messages[0][0] == "user"
+            tokens = _counted(counter, entry.messages[0][1]) if single else None
+            out.append(Planned(entry.flat(), entry.messages, tokens, entry.output_tokens or 0))
+        else:
+            out.append(Planned(entry.flat(), (), _counted(counter, entry.flat()), entry.output_tokens or 0))
+    return out
+
+
+def plan(target: Target, scenario: Scenario, workload: Workload, prompt_salt: str = "") -> Plan:
+    """Every request of ``scenario`` under ``workload`` (warm-up ones first), built and checked."""
+    total = scenario.warmup + scenario.requests
+    stem = f"{prompt_salt}/{workload.seed}"
+    target = with_cache(target, workload.cache)
+    asked_in = draw_lengths(workload.input, total, workload.seed, "input") if workload.input else None
+    asked_out = draw_lengths(workload.output, total, workload.seed, "output")
+    if workload.dataset is not None:
+        planned = _dataset(target, workload, total, asked_in)
+    elif workload.shared_prefix:
+        assert asked_in is not None
+        planned = _shared_prefix(target, workload, asked_in, stem, prompt_salt)
+    else:
+        assert asked_in is not None
+        built = prompts.build_prompts_of(target, asked_in, workload.seed, prompt_salt)
+        planned = [Planned(b.text, (), b.tokens, 0) for b in built]
+    planned = [
+        dataclasses.replace(p, output_tokens=p.output_tokens or asked_out[i]) for i, p in enumerate(planned)
+    ]
+    ins = [p.input_tokens for p in planned if p.input_tokens is not None]
+    outs = [p.output_tokens for p in planned]
+    info = {
+        **workload.describe(),
+        "input_tokens_asked": realized(asked_in or []) if asked_in else None,
+        "input_tokens_counted": realized(ins),
+        "output_tokens_asked": realized(outs),
+    }
+    if workload.dataset is not None and total > len(workload.dataset.entries):
+        info["dataset_reused"] = total - len(workload.dataset.entries)
+    # An uncounted prompt (no tokenizer) is sized at two tokens a word, with room for a template.
+    longest = max(p.input_tokens or 2 * len(p.text.split()) + 16 for p in planned)
+    per_turn = max(longest, *(asked_in or [0])) + max(outs)
+    return Plan(
+        tuple(planned), all(p.input_tokens is not None for p in planned), per_turn * workload.turns, info
+    )
+
+
+def body(target: Target, messages: Sequence[Message], max_tokens: int) -> dict[str, object]:
+    """The request body for chat messages: as messages on a chat API, as one text on a completions API."""
+    out = client.request_body(target, "", max_tokens)
+    if target.capabilities.api in ("chat", "ollama-chat"):
+        out["messages"] = [{"role": role, "content": content} for role, content in messages]
+    else:
+        out["prompt"] = "\n".join(content for _, content in messages)
+    return out
+
+
+def _prepare(
+    target: Target, scenario: Scenario, p: Planned, request_id: str, warmup: bool
+) -> client.Prepared:
+    return client.prepare(
+        target,
+        p.text,
+        request_id=request_id,
+        scenario=scenario.name,
+        input_tokens=p.input_tokens or 0,
+        max_tokens=p.output_tokens,
+        warmup=warmup,
+        body=body(target, p.messages, p.output_tokens) if p.messages else None,
+    )
+
+
+def _conversation_send(
+    target: Target, scenario: Scenario, planned: Sequence[Planned], tag: str
+) -> loadgen.SendFn:
+    histories: dict[int, list[Message]] = {}
+
+    async def send(index: int, scheduled_ns: int) -> client.Exchange:
+        p = planned[index]
+        rid = f"{scenario.name}-{tag}-{index:05d}"
+        if index < scenario.warmup:
+            req = _prepare(target, scenario, p, rid, True)
+            return await client.exchange(req, scheduled_ns=scheduled_ns, timeout_s=scenario.timeout_s)
+        conversation = (index - scenario.warmup) // scenario.turns
+        history = histories.setdefault(conversation, [])
+        messages = [*history, ("user", p.text)]
+        req = _prepare(target, scenario, dataclasses.replace(p, messages=tuple(messages)), rid, False)
+        ex = await client.exchange(req, scheduled_ns=scheduled_ns, timeout_s=scenario.timeout_s)
+        history += [("user", p.text), ("assistant", wire.response_text(req.api, ex.reads))]
+        return ex
+
+    return send
+
+
+def measure(
+    target: Target,
+    scenario: Scenario,
+    built: Plan,
+    *,
+    model: str,
+    backend: str,
+    cache: bool | None = None,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    on_measured: Callable[[], None] | None = None,
+) -> RunResult:
+    """Run a planned workload and return every record and the summary (as ``runner.measure``)."""
+    target = with_cache(target, cache)
+    client.raise_open_file_limit(scenario.concurrency + client.FILES_BESIDES_SOCKETS)
+    tag = secrets.token_hex(4)
+    if scenario.turns == 1:
+        prepared = [
+            _prepare(target, scenario, p, f"{scenario.name}-{tag}-{i:05d}", i < scenario.warmup)
+            for i, p in enumerate(built.requests)
+        ]
+        load = runner.run_prepared(prepared, scenario, on_record, on_measured)
+    else:
+        send = _conversation_send(target, scenario, built.requests, tag)
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            load = runner._run(
+                loadgen.run_load(send, scenario, on_record, on_measured)
+            )  # its loop runner, shared
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+    summary = summarize(load.records, scenario)
+    first_error = next((r.error for r in load.records if not r.warmup and r.error), None)
+    summary = dataclasses.replace(summary, first_error=first_error)
+    lag = load.loop_lag_ms
+    # The output-length check of runner names one asked length; here each request asked its own.
+    reasons = list(
+        runner.invalid_reasons(
+            dataclasses.replace(summary, output_length_misses=0),
+            load.records,
+            scenario,
+            lag.p99 if lag else None,
+        )
+    )
+    done = [r for r in load.records if r.ok and not r.warmup]
+    if done and summary.output_length_misses > runner.OUTPUT_MISS_LIMIT * len(done):
+        reasons.insert(
+            0,
+            f"invalid measurement: {summary.output_length_misses} of {len(done)} requests returned another "
+            "output length than each asked; the server did not honour the output length",
+        )
+    extra: dict[str, object] = {
+        "stopped_early": load.stopped_early,
+        "prompt_tokens_checked": built.checked,
+        "lag_limit_ms": runner.LAG_LIMIT_MS,
+        "traffic": dict(built.info),
+    }
+    return RunResult(
+        model=model,
+        backend=backend,
+        scenario=scenario,
+        records=load.records,
+        summary=summary,
+        invalid=tuple(reasons),
+        loop_lag_ms=lag,
+        extra=extra,
+    )
