@@ -18,9 +18,10 @@ and whatever was measured is recorded before anything can fail.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, ServerDiedError
@@ -28,6 +29,9 @@ from pytest_llmperf.output.requestlog import RequestLog
 from pytest_llmperf.records import Arrival, CaseResult, Outcome, RunResult, Scenario
 from pytest_llmperf.servers.base import Server
 from pytest_llmperf.servers.pool import TooBig
+
+if TYPE_CHECKING:
+    from pytest_llmperf.measure.runner import ClientSettings
 
 Judge = Callable[[RunResult], Outcome]
 """Budgets and baseline for this test: a result in, its verdict out."""
@@ -172,6 +176,7 @@ class LlmPerf:
         ensure: Ensure | None = None,
         prompt_salt: str = "",
         adaptive_target_rel_ci: float = 0.05,
+        client: Callable[[], ClientSettings] | None = None,
     ) -> None:
         self.nodeid = nodeid
         self.model = model
@@ -185,6 +190,7 @@ class LlmPerf:
         self._ensure: Ensure = ensure or (lambda _concurrency, _context: server)
         self._prompt_salt = prompt_salt
         self._adaptive_target_rel_ci = adaptive_target_rel_ci
+        self._client = client  # workers, connections and cores of the client (session.Placement)
         self.results: list[RunResult] = []
 
     def run(
@@ -265,8 +271,9 @@ class LlmPerf:
 
     def _measure(self, scenario: Scenario) -> tuple[RunResult, list[dict[str, Any]], ServerDiedError | None]:
         from pytest_llmperf import telemetry
-        from pytest_llmperf.measure import runner
+        from pytest_llmperf.measure import runner, workers
         from pytest_llmperf.measure.client import Target
+        from pytest_llmperf.telemetry.load import PsutilClientReader
 
         settings = self._settings
         caps = self.server.capabilities
@@ -284,6 +291,8 @@ class LlmPerf:
                 metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
                 ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
                 keep_series=settings.telemetry_series,
+                # Client worker processes are the client's CPU, not "others" (telemetry.load).
+                client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids),
             )
         log = RequestLog.open(settings.save_requests, self.nodeid, self.model, self.backend)
         try:
@@ -296,6 +305,7 @@ class LlmPerf:
                 on_record=log.write,
                 on_measured=sampler.start if sampler is not None else None,
                 prompt_salt=f"{self._prompt_salt}/{self.nodeid}",
+                client_settings=self._client() if self._client is not None else None,
             )
         finally:
             log.close()

@@ -1,12 +1,29 @@
-"""One streamed LLM request over a raw asyncio connection, stamped per read.
+"""One streamed LLM request on a raw asyncio connection, stamped per read.
 
-The hot path is an ``asyncio.Protocol`` whose ``data_received`` only appends
-``(time.perf_counter_ns(), bytes)``: no HTTP parsing, no JSON, no allocation
-beyond the tuple while tokens arrive, so the stamps carry the least client
-delay we can get from Python. Each request gets its own connection with
-``Connection: close`` (no pool, so no hidden client-side queue) and ends at
-EOF. Only after it ends does :mod:`pytest_llmperf.measure.wire` turn the bytes into a
-``RequestRecord``.
+The hot path is an ``asyncio.Protocol`` whose ``data_received`` appends
+``(time.perf_counter_ns(), bytes)`` and then does one cheap check of where
+the response ends: a byte count for ``Content-Length``, a look at the last
+bytes of the read for the chunked terminator. No HTTP parsing, no JSON while
+tokens arrive, so the stamps carry the least client delay Python allows.
+Only after a request ends does :mod:`pytest_llmperf.measure.wire` turn the
+bytes into a ``RequestRecord``.
+
+Connections are HTTP/1.1 keep-alive by default, as the clients users compare
+with keep them: a ``Connections`` pool per run hands each request an idle
+connection or opens one, so a closed loop of N streams holds N connections.
+The load generator opens them before the measured phase
+(``Connections.preconnect``), so no measured request pays a connect, and
+``queue_ms`` in a closed loop is client queueing only. ``keep_alive=False``
+sends ``Connection: close`` and opens a connection per request, as 0.1 did.
+
+A server may close a kept-alive connection at any time (its idle timeout, a
+request-count limit). A connection found closed is dropped and a new one
+opened; its connect time is before ``sent_ns``, so it shows in ``queue_ms``,
+never in TTFT. If the server closed it just as our request went out (the
+connection ends with no byte of an answer), the request is sent once more on
+a fresh connection and its ``sent_ns`` is that second send: TTFT never
+includes a lost attempt, which is counted in ``Connections.retries`` and
+goes into ``queue_ms``.
 
 This module must not raise for anything the server does: every failure
 (refused connection, HTTP error, broken stream, timeout) is a record with its
@@ -101,8 +118,10 @@ def prepare(
     input_tokens: int,
     max_tokens: int,
     warmup: bool = False,
+    keep_alive: bool = True,
 ) -> Prepared:
-    """Build the request bytes (HTTP/1.1, ``Connection: close``) for one request."""
+    """Build the request bytes (HTTP/1.1) for one request; ``keep_alive=False`` asks the
+    server to close the connection after it (``Connection: close``)."""
     api = target.capabilities.api
     url = urlsplit(target.base_url)
     tls = url.scheme == "https"
@@ -123,7 +142,7 @@ def prepare(
         "Content-Type: application/json",
         "Accept: application/x-ndjson" if api.startswith("ollama") else "Accept: text/event-stream",
         f"Content-Length: {len(body)}",
-        "Connection: close",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
         f"x-request-id: {request_id}",
     ]
     lines.extend(f"{k}: {v}" for k, v in target.headers.items())
@@ -142,38 +161,167 @@ def prepare(
     )
 
 
+_CHUNKED, _LENGTH, _TO_EOF, _HEAD = 0, 1, 2, 3
+"""How the current response ends: chunked terminator, byte count, EOF; ``_HEAD``: head not read yet."""
+_HEAD_LIMIT = 1 << 20
+"""Bytes without a complete head after which the reply is not HTTP: read it to the end instead."""
+
+
 class _Stream(asyncio.Protocol):
-    """Keeps each read with its arrival stamp; nothing else on the hot path."""
+    """One connection: each read kept with its arrival stamp, plus where the response ends.
 
-    __slots__ = ("done", "end_ns", "error", "reads", "timed_out", "transport")
+    A connection carries one request at a time (no pipelining); ``begin``
+    arms it for the next one.
+    """
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.reads: list[Read] = []
-        self.done = done
-        self.end_ns = 0
+    __slots__ = (
+        "complete", "done", "end_ns", "error", "got", "keep", "lost", "mode", "raw", "raw_reads",
+        "reads", "timed_out", "transport", "walk", "want",
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
         self.error: BaseException | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.reads: list[Read] = []
+        self.mode = _HEAD
+        self.got = 0
+        self.want = 0
+        self.keep = False
+        self.complete = False
         self.timed_out = False
-        self.transport: asyncio.BaseTransport | None = None
+        self.end_ns = 0
+        self.raw = bytearray()
+        self.raw_reads = 0
+        self.walk = 0
+
+    def begin(self, done: asyncio.Future[None]) -> None:
+        """Arm the connection for one request; ``done`` resolves when its response has ended."""
+        self.done = done
+        self.reads = []
+        self.mode = _HEAD
+        self.got = self.want = 0
+        self.keep = self.complete = self.timed_out = False
+        self.end_ns = 0
+        self.raw = bytearray()
+        self.raw_reads = self.walk = 0
+        if self.lost:
+            self._end(_now())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.reads.append((_now(), data))
+        now = _now()
+        self.reads.append((now, data))
+        mode = self.mode
+        if mode == _CHUNKED:
+            # Every chunked body ends in CRLF CRLF (the terminator, or trailers after it);
+            # a short read may hold the second half of it.
+            if data.endswith(b"\r\n\r\n") or len(data) < 4:
+                self._walk_chunks(now)
+        elif mode == _LENGTH:
+            self.got += len(data)
+            if self.got >= self.want:
+                self._finished(now)
+        elif mode == _HEAD:
+            self._head(now)
+
+    def _head(self, now: int) -> None:
+        """Read the status line and framing headers, once per response (not per token)."""
+        if self.done is None or self.done.done():
+            # Bytes on an idle connection: no request of ours asked for them, so it cannot be reused.
+            self.keep = False
+            if self.transport is not None:
+                self.transport.close()
+            return
+        raw = b"".join(data for _, data in self.reads)
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            if len(raw) > _HEAD_LIMIT:
+                self.mode = _TO_EOF
+            return
+        lines = raw[:end].decode("latin-1").split("\r\n")
+        parts = lines[0].split(None, 2)
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+        fields: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip().lower()
+        connection = {token.strip() for token in fields.get("connection", "").split(",")}
+        self.keep = parts[0] == "HTTP/1.1" and "close" not in connection
+        body = len(raw) - end - 4
+        if status in (204, 304) or 100 <= status < 200:
+            # No body; an interim 1xx answer is not ours to handle, so the connection is not reused.
+            self.keep = self.keep and status >= 200
+            self._finished(now)
+        elif "chunked" in fields.get("transfer-encoding", ""):
+            self.mode = _CHUNKED
+            self.walk = end + 4
+            self._walk_chunks(now)
+        elif fields.get("content-length", "").isdigit():
+            self.mode = _LENGTH
+            self.want = int(fields["content-length"])
+            self.got = body
+            if self.got >= self.want:
+                self._finished(now)
+        else:
+            self.mode = _TO_EOF  # the body runs to the end of the connection
+            self.keep = False
+
+    def _walk_chunks(self, now: int) -> None:
+        """Follow the chunk sizes from where the last walk stopped; done at the last chunk.
+
+        Runs when a read could be the end, so a server whose events end in CRLF
+        makes it run per read: each byte is copied and walked once all the same.
+        """
+        reads, raw = self.reads, self.raw
+        for _, data in reads[self.raw_reads :]:
+            raw += data
+        self.raw_reads = len(reads)
+        pos = self.walk
+        while True:
+            eol = raw.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            try:
+                size = int(raw[pos:eol].split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                self.mode, self.keep = _TO_EOF, False  # not chunked after all: read to EOF
+                return
+            if size == 0:
+                # The last chunk: trailers (usually none) end with an empty line.
+                if raw[eol + 2 : eol + 4] == b"\r\n" or raw.find(b"\r\n\r\n", eol) >= 0:
+                    self._finished(now)
+                break
+            pos = eol + 2 + size + 2
+            if pos > len(raw):
+                break
+        self.walk = pos
+
+    def _finished(self, now: int) -> None:
+        self.complete = True
+        self.mode = _HEAD
+        self._end(now)
+
+    def _end(self, now: int) -> None:
+        if self.done is not None and not self.done.done():
+            self.end_ns = now
+            self.done.set_result(None)
 
     def eof_received(self) -> bool | None:
-        return None  # let the transport close; connection_lost ends the request
+        return None  # let the transport close; connection_lost ends a request in flight
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.end_ns = _now()
+        self.lost = True
         self.error = exc
-        if not self.done.done():
-            self.done.set_result(None)
+        self._end(_now())
 
     def expire(self) -> None:
         self.timed_out = True
         if self.transport is not None:
-            self.transport.abort()  # type: ignore[attr-defined]
+            self.transport.abort()
 
 
 _ssl_context: ssl.SSLContext | None = None
@@ -234,46 +382,166 @@ class Exchange:
         )
 
 
-async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
-    """Send one prepared request and collect its stamped reads; never raises for I/O.
+@dataclass(frozen=True)
+class ConnectionStats:
+    """What a run's connections did: how many were opened, and requests sent again."""
 
-    ``timeout_s`` bounds the whole request, connecting included; when it
-    expires the connection is aborted and the record will say so.
+    opened: int = 0
+    retries: int = 0
+
+    def __add__(self, other: ConnectionStats) -> ConnectionStats:
+        return ConnectionStats(self.opened + other.opened, self.retries + other.retries)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """How the client ran one measurement: its processes, its connections and its own CPU.
+
+    ``cpu_s`` is the CPU time of every client process (each thread: the
+    event loops, the parser, the telemetry sampler in the test's process)
+    over the measured phase; ``cores`` the cores the client was pinned to.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    done: asyncio.Future[None] = loop.create_future()
-    failure: str | None = None
-    try:
-        transport, proto = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _Stream(done),
-                req.host,
-                req.port,
-                ssl=_tls() if req.tls else None,
-                server_hostname=req.host if req.tls else None,
-            ),
-            timeout=timeout_s,
+
+    workers: int
+    keep_alive: bool
+    connections: ConnectionStats
+    cpu_s: float | None
+    cores: tuple[int, ...] | None = None
+
+    def as_json(self, output_tokens: int) -> dict[str, object]:
+        """The ``extra_info["llm"]["client"]`` figures of this run, for ``output_tokens`` delivered."""
+        cpu = self.cpu_s
+        return {
+            "workers": self.workers,
+            "connections": "keep-alive" if self.keep_alive else "per-request",
+            "connections_opened": self.connections.opened,
+            "retries": self.connections.retries,
+            "cpu_s": round(cpu, 4) if cpu is not None else None,
+            "cpu_ms_per_1k_output_tokens": round(cpu * 1e6 / output_tokens, 2)
+            if cpu is not None and output_tokens > 0
+            else None,
+            "cores": list(self.cores) if self.cores is not None else None,
+        }
+
+
+class Connections:
+    """The connections of one run to one server, each carrying one request at a time.
+
+    ``keep_alive=False`` opens a connection per request and closes it after
+    (requests must then be prepared with ``keep_alive=False``).
+    """
+
+    def __init__(self, *, keep_alive: bool = True) -> None:
+        self.keep_alive = keep_alive
+        self._idle: list[_Stream] = []
+        self.opened = 0
+        self.retries = 0
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return ConnectionStats(self.opened, self.retries)
+
+    def _take(self) -> _Stream | None:
+        idle = self._idle
+        while idle:
+            proto = idle.pop()
+            transport = proto.transport
+            if not proto.lost and transport is not None and not transport.is_closing():
+                return proto
+        return None
+
+    async def _connect(self, req: Prepared, timeout_s: float) -> _Stream | str:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    _Stream,
+                    req.host,
+                    req.port,
+                    ssl=_tls() if req.tls else None,
+                    server_hostname=req.host if req.tls else None,
+                ),
+                timeout=max(timeout_s, 0.0),
+            )
+        except asyncio.TimeoutError:
+            return f"timeout after {timeout_s:g} s (connecting)"
+        except (OSError, ssl.SSLError) as exc:
+            return f"connection failed: {exc}"
+        self.opened += 1
+        return proto
+
+    async def preconnect(self, req: Prepared, count: int, timeout_s: float) -> None:
+        """Open connections until ``count`` are idle, so the measured requests find them ready.
+
+        A connection that cannot be opened now is left to the request that
+        needs it, which records the failure.
+        """
+        if not self.keep_alive:
+            return
+        missing = count - len(self._idle)
+        if missing <= 0:
+            return
+        opened = await asyncio.gather(*(self._connect(req, timeout_s) for _ in range(missing)))
+        self._idle.extend(p for p in opened if isinstance(p, _Stream))
+
+    async def exchange(self, req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
+        """Send one prepared request and collect its stamped reads; never raises for I/O.
+
+        ``timeout_s`` bounds the whole request, connecting included; when it
+        expires the connection is aborted and the record will say so.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        retried = False
+        while True:
+            proto = self._take() if self.keep_alive else None
+            reused = proto is not None
+            if proto is None:
+                opened = await self._connect(req, deadline - loop.time())
+                if isinstance(opened, str):
+                    now = _now()
+                    return Exchange(req, scheduled_ns, now, now, [], timeout_s, failure=opened)
+                proto = opened
+            transport = proto.transport
+            assert transport is not None
+            done: asyncio.Future[None] = loop.create_future()
+            proto.begin(done)
+            timer = loop.call_at(deadline, proto.expire)
+            sent_ns = _now()
+            transport.write(req.payload)
+            try:
+                await done
+            finally:
+                timer.cancel()
+            if reused and proto.lost and not proto.reads and not proto.timed_out and not retried:
+                # The server closed this idle connection as our request went out: nothing of the
+                # request was answered, so it goes again on a new connection (counted, not hidden).
+                self.retries += 1
+                retried = True
+                continue
+            break
+        if self.keep_alive and proto.complete and proto.keep and not proto.lost:
+            proto.done = None
+            self._idle.append(proto)
+        else:
+            transport.close()
+        lost = str(proto.error) if proto.error is not None else None
+        return Exchange(
+            req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
         )
-    except asyncio.TimeoutError:
-        failure = f"timeout after {timeout_s:g} s (connecting)"
-    except (OSError, ssl.SSLError) as exc:
-        failure = f"connection failed: {exc}"
-    if failure is not None:
-        now = _now()
-        return Exchange(req, scheduled_ns, now, now, [], timeout_s, failure=failure)
-    timer = loop.call_at(deadline, proto.expire)
-    sent_ns = _now()
-    transport.write(req.payload)
-    try:
-        await done
-    finally:
-        timer.cancel()
-        transport.close()
-    lost = str(proto.error) if proto.error is not None else None
-    return Exchange(
-        req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
-    )
+
+    def close(self) -> None:
+        """Close every idle connection (the run is over)."""
+        while self._idle:
+            proto = self._idle.pop()
+            if proto.transport is not None:
+                proto.transport.close()
+
+
+async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
+    """One request on a connection of its own, closed after it."""
+    connections = Connections(keep_alive=False)
+    return await connections.exchange(req, scheduled_ns=scheduled_ns, timeout_s=timeout_s)
 
 
 async def send(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> RequestRecord:

@@ -162,6 +162,7 @@ class Generation:
         self.token_ns: list[int] = []
         self.handle: asyncio.TimerHandle | None = None
         self.done = False
+        self.logged = False
         rng = random.Random(cfg.seed * 1_000_003 + self.seq) if cfg.jitter_s > 0 else None
         itl = cfg.slow_itl_s if self.fault == "slow" else cfg.itl_s
         loop = asyncio.get_running_loop()
@@ -225,6 +226,8 @@ class Generation:
             st.observe_ttft((now - self.recv_ns) / 1e9)
         if st.cfg.stamp_tokens:
             self.token_ns.append(now)
+        if final:
+            self.log()  # before the last bytes leave: a client that reads the log then finds the entry
         self.conn.write_chunks(parts, last=final)
         if self.fault == "truncate" and self.sent >= self.n // 2:
             self.conn.transport.close()  # no [DONE], no closing chunk
@@ -244,6 +247,21 @@ class Generation:
         st = self.conn.state
         st.running -= 1
         st.generation_tokens += self.sent
+        self.log(aborted)
+        if not aborted:
+            st.finished += 1
+            if st.cfg.die_after is not None and st.finished >= st.cfg.die_after:
+                if st.log is not None:
+                    st.log.flush()
+                print(f"detserver: --fault die-after={st.cfg.die_after} reached, exiting", flush=True)
+                os._exit(3)
+
+    def log(self, aborted: bool = False) -> None:
+        """Append this request's stamps to the stamp log, once."""
+        st = self.conn.state
+        if self.logged:
+            return
+        self.logged = True
         if st.log is not None and (self.first_ns or aborted):
             entry: dict[str, Any] = {
                 "id": self.request_id,
@@ -261,13 +279,6 @@ class Generation:
             if st.cfg.stamp_tokens:
                 entry["token_ns"] = self.token_ns
             st.log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        if not aborted:
-            st.finished += 1
-            if st.cfg.die_after is not None and st.finished >= st.cfg.die_after:
-                if st.log is not None:
-                    st.log.flush()
-                print(f"detserver: --fault die-after={st.cfg.die_after} reached, exiting", flush=True)
-                os._exit(3)
 
 
 class Connection(asyncio.Protocol):
@@ -361,6 +372,8 @@ class Connection(asyncio.Protocol):
             self._done()
 
     def respond(self, status: int, body: bytes, ctype: str, done: Generation | None = None) -> None:
+        if done is not None:
+            done.log()
         self.transport.write(
             wf.head(status, ctype, self.state.date(), len(body), close=self.close_after, go=self.go) + body
         )

@@ -158,7 +158,7 @@ def test_headers_are_sent_but_never_kept(det: DetServer) -> None:
     prepared = client.prepare(target, PROMPT, request_id="h", scenario="t", input_tokens=6, max_tokens=2)
     assert b"Authorization: Bearer sekrit\r\n" in prepared.payload
     assert b"x-request-id: h\r\n" in prepared.payload
-    assert b"Connection: close\r\n" in prepared.payload
+    assert b"Connection: keep-alive\r\n" in prepared.payload
     assert "sekrit" not in repr(target)
     assert "sekrit" not in repr(prepared)
     r = send(target, request_id="h", max_tokens=2)
