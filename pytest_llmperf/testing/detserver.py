@@ -21,7 +21,10 @@ across processes on Linux), optionally of every write, and optionally the
 prompt text (``--log-prompts``). Faults (``--fault``) make it misbehave on
 purpose for reliability tests; ``http401``, ``http429`` and ``http503`` answer
 every *streamed* generation request with that status and OpenAI's error body
-(non-streamed probes are served, as a rate-limited endpoint serves some).
+(non-streamed probes are served, as a rate-limited endpoint serves some);
+``drop-reused`` closes a kept-alive connection, unanswered, when a second
+request arrives on it. ``--max-requests-per-connection N`` closes each
+connection after N answers, the last saying ``Connection: close``.
 ``--api-key-env VAR`` makes ``/v1/*`` answer 401 without ``Authorization:
 Bearer $VAR``, as vLLM's ``--api-key`` does; ``--basic-auth-env VAR`` (VAR
 holding ``user:password``) wants HTTP basic auth instead, as a server behind a
@@ -56,6 +59,7 @@ FAULTS = (
     "slow",
     "ignore-max-tokens",
     "early-eos",
+    "drop-reused",
     *wf.HTTP_FAULTS,
 )
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -88,6 +92,7 @@ class Config:
                 raise SystemExit(f"--basic-auth-env {ns.basic_auth_env}: set it to user:password")
             self.authorization = "Basic " + base64.b64encode(pair.encode()).decode()
         self.log_prompts: bool = ns.log_prompts
+        self.max_requests_per_connection: int = max(0, ns.max_requests_per_connection)
         if ns.fault:
             if ns.fault.startswith("die-after="):
                 self.die_after = int(ns.fault.split("=", 1)[1])
@@ -291,6 +296,7 @@ class Connection(asyncio.Protocol):
         self.busy: Generation | bool = False
         self.close_after = False
         self.go = False  # answer in Go's header style (Ollama paths)
+        self.served = 0  # requests answered on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -323,6 +329,14 @@ class Connection(asyncio.Protocol):
         method, _, rest = lines[0].partition(" ")
         path = rest.split(" ", 1)[0].split("?", 1)[0]
         self.close_after = headers.get("connection", "").lower() == "close"
+        self.served += 1
+        limit = self.state.cfg.max_requests_per_connection
+        if limit and self.served >= limit:
+            self.close_after = True  # says Connection: close and closes after this answer
+        if self.state.cfg.fault == "drop-reused" and self.served > 1:
+            # A kept-alive connection closed just as a request went out on it: no answer at all.
+            self.transport.close()
+            return
         self.go = path.startswith("/api/")
         self.busy = True
         self._route(method, path, headers, body, recv_ns)
@@ -423,6 +437,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="require HTTP basic auth with $VAR (user:password) on /v1/* (401 otherwise)",
     )
     p.add_argument("--log-prompts", action="store_true", help="also log each request's prompt text")
+    p.add_argument(
+        "--max-requests-per-connection",
+        type=int,
+        default=0,
+        help="answer N requests on a kept-alive connection, the last with Connection: close (0: no limit)",
+    )
     return p.parse_args(argv)
 
 
