@@ -165,6 +165,7 @@ def run_case(
         "lag_p99": lag.p99 if lag else float("nan"),
         "errors": summary.errors,
         "valid": "no" if invalid else "yes",
+        "raw": errs,
     }
 
 
