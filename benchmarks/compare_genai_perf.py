@@ -8,7 +8,8 @@ number of streamed 64-token answers to 128-word prompts. Per tool it prints:
 * TTFT error p50 / p99: the tool's TTFT minus the server's receive-to-first-
   write, per request, so the send leg counts (GenAI-Perf's requests carry no
   id of ours: they are joined to the server's log by the response ``id``);
-* the delivery leg p50 / p99: first token read minus the server's write.
+* the send leg p50 (the server's receive stamp minus the tool's send stamp)
+  and the delivery leg p50 / p99 (first token read minus the server's write).
   perf_analyzer stamps with the wall clock; its stamps are moved onto
   CLOCK_MONOTONIC with the offset between the two clocks read around its run
   (the drift between the two readings is printed);
@@ -148,6 +149,7 @@ def genai_errors(
     by_seq = {e["seq"]: e for e in entries if e.get("first_ns")}
     ttft: list[float] = []
     delivery: list[float] = []
+    send: list[float] = []
     for req in export["experiments"][0]["requests"]:
         first_at, seq = None, None
         for at, out in zip(req["response_timestamps"], req["response_outputs"], strict=False):
@@ -166,7 +168,8 @@ def genai_errors(
             continue
         ttft.append((first_at - req["timestamp"] - (entry["first_ns"] - entry["recv_ns"])) / 1e6)
         delivery.append((first_at - offset_ns - entry["first_ns"]) / 1e6)
-    return {"ttft": ttft, "delivery": delivery}
+        send.append((entry["recv_ns"] - (req["timestamp"] - offset_ns)) / 1e6)
+    return {"ttft": ttft, "delivery": delivery, "send": send}
 
 
 def clock_offset_ns() -> int:
@@ -181,7 +184,7 @@ def print_row(name: str, c: int, errs: dict[str, list[float]], cpu_ms_per_1k: fl
     p = ours._pct
     print(
         f"{c:>5} {name:>10} | {p(errs['ttft'], 50):>8.2f} {p(errs['ttft'], 99):>8.2f} | "
-        f"{p(errs['delivery'], 50):>8.3f} {p(errs['delivery'], 99):>8.3f} | "
+        f"{p(errs['send'], 50):>8.2f} | {p(errs['delivery'], 50):>8.3f} {p(errs['delivery'], 99):>8.3f} | "
         f"{cpu_ms_per_1k:>9.1f} | {tok_s:>7.0f}",
         flush=True,
     )
@@ -214,7 +217,7 @@ def main() -> int:
             except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
                 print(f"GenAI-Perf cannot run here ({exc}): only our rows follow.")
         print(
-            f"{'conc':>5} {'tool':>10} | {'TTFT err p50':>8} {'p99 ms':>8} | "
+            f"{'conc':>5} {'tool':>10} | {'TTFT err p50':>8} {'p99 ms':>8} | {'send p50':>8} | "
             f"{'deliv p50':>8} {'p99 ms':>8} | {'CPU/1k tok':>9} | {'tok/s':>7}"
         )
         for c in args.concurrency:
@@ -227,7 +230,8 @@ def main() -> int:
                         server, ITL_MS, c, requests, telemetry_interval_s=args.telemetry_interval
                     )
                 raw = case["raw"]
-                print_row("ours", c, {"ttft": raw.ttft, "delivery": raw.delivery}, case["cpu"], case["tok_s"])
+                errs = {"ttft": raw.ttft, "delivery": raw.delivery, "send": raw.send}
+                print_row("ours", c, errs, case["cpu"], case["tok_s"])
                 if genai is None:
                     continue
                 with running_detserver(

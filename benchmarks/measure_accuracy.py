@@ -44,7 +44,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,8 @@ class Errors:
     ttft: list[float]
     delivery: list[float]
     itl: list[float]
+    send: list[float] = field(default_factory=list)
+    """The send leg: the server's receive stamp minus the client's send stamp."""
 
 
 def server_entries(stamp_log: Path) -> list[dict[str, Any]]:
@@ -88,6 +90,7 @@ def errors_against_server(records: tuple[RequestRecord, ...], server: DetServer)
         server_ttft = s["first_ns"] - s["recv_ns"]
         out.ttft.append((r.chunk_ns[0] - r.sent_ns - server_ttft) / 1e6)
         out.delivery.append((r.chunk_ns[0] - s["first_ns"]) / 1e6)
+        out.send.append((s["recv_ns"] - r.sent_ns) / 1e6)
         server_ns = s.get("token_ns") or []
         if len(server_ns) == len(r.chunk_ns):
             for i in range(1, len(server_ns)):

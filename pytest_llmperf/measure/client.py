@@ -508,7 +508,8 @@ class Connections:
             proto.begin(done)
             timer = loop.call_at(deadline, proto.expire)
             sent_ns = _now()
-            transport.write(req.payload)
+            if not proto.lost:  # a connection closed before we could send is answered by nothing
+                transport.write(req.payload)
             try:
                 await done
             finally:
