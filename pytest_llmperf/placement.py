@@ -26,13 +26,19 @@ class Placement:
     """The session's cores and GPUs, decided once per model."""
 
     def __init__(
-        self, settings: Settings, backend_for: Callable[[str], str], attached: Callable[[str], bool]
+        self,
+        settings: Settings,
+        backend_for: Callable[[str], str],
+        attached: Callable[[str], bool],
+        *,
+        xdist_controller: bool = False,
     ) -> None:
         self._settings = settings
         self._backend_for = backend_for
         self._attached = attached
         self._plans: dict[str, pinning.CpuPlan] = {}
-        self.gpus = self._split_gpus()
+        # The controller starts no server, and its workers inherit its environment: it splits nothing.
+        self.gpus = None if xdist_controller else self._split_gpus()
         """This worker's GPUs under ``--llm-gpus-per-worker``, else ``None``."""
 
     def plan(self, model: str) -> pinning.CpuPlan:

@@ -80,7 +80,8 @@ class LlmPerfSession:
             options=settings.server_options,
             attached=self.attached,
         )
-        self.placement = Placement(settings, self.backend_for, self.attached)
+        controller = config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
+        self.placement = Placement(settings, self.backend_for, self.attached, xdist_controller=controller)
         # Fixed at configure time: pytest-benchmark compares machine_info at start and at save.
         self.server_info = {name: self._server_info(name) for name in self.model_names}
         self.reports = TestReports(self.pool.label, settings)
