@@ -434,6 +434,7 @@ class Connections:
     def __init__(self, *, keep_alive: bool = True) -> None:
         self.keep_alive = keep_alive
         self._idle: list[_Stream] = []
+        self._open: set[_Stream] = set()  # every connection not yet closed: idle or carrying a request
         self.opened = 0
         self.retries = 0
 
@@ -448,6 +449,7 @@ class Connections:
             transport = proto.transport
             if not proto.lost and transport is not None and not transport.is_closing():
                 return proto
+            self._close(proto)
         return None
 
     async def _connect(self, req: Prepared, timeout_s: float) -> _Stream | str:
@@ -468,6 +470,7 @@ class Connections:
         except (OSError, ssl.SSLError) as exc:
             return f"connection failed: {exc}"
         self.opened += 1
+        self._open.add(proto)
         return proto
 
     async def preconnect(self, req: Prepared, count: int, timeout_s: float) -> None:
@@ -512,6 +515,9 @@ class Connections:
                 transport.write(req.payload)
             try:
                 await done
+            except BaseException:
+                self._close(proto)  # an interrupted run: nothing of this request stays open
+                raise
             finally:
                 timer.cancel()
             if reused and proto.lost and not proto.reads and not proto.timed_out and not retried:
@@ -519,24 +525,29 @@ class Connections:
                 # request was answered, so it goes again on a new connection (counted, not hidden).
                 self.retries += 1
                 retried = True
+                self._close(proto)
                 continue
             break
         if self.keep_alive and proto.complete and proto.keep and not proto.lost:
             proto.done = None
             self._idle.append(proto)
         else:
-            transport.close()
+            self._close(proto)
         lost = str(proto.error) if proto.error is not None else None
         return Exchange(
             req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
         )
 
+    def _close(self, proto: _Stream) -> None:
+        self._open.discard(proto)
+        if proto.transport is not None:
+            proto.transport.close()
+
     def close(self) -> None:
-        """Close every idle connection (the run is over)."""
-        while self._idle:
-            proto = self._idle.pop()
-            if proto.transport is not None:
-                proto.transport.close()
+        """Close every connection still open (the run is over, or was interrupted)."""
+        self._idle.clear()
+        while self._open:
+            self._close(self._open.pop())
 
 
 async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
