@@ -1,12 +1,11 @@
 """One streamed LLM request on a raw asyncio connection, stamped per read.
 
-The hot path is an ``asyncio.Protocol`` whose ``data_received`` appends
-``(time.perf_counter_ns(), bytes)`` and then does one cheap check of where
-the response ends: a byte count for ``Content-Length``, a look at the last
-bytes of the read for the chunked terminator. No HTTP parsing, no JSON while
-tokens arrive, so the stamps carry the least client delay Python allows.
-Only after a request ends does :mod:`pytest_llmperf.measure.wire` turn the
-bytes into a ``RequestRecord``.
+The hot path is ``stream.Stream``, the connection's protocol: its
+``data_received`` appends ``(time.perf_counter_ns(), bytes)`` and does one
+cheap check of where the response ends, no HTTP parsing or JSON while tokens
+arrive, so the stamps carry the least client delay Python allows. Only after
+a request ends does :mod:`pytest_llmperf.measure.wire` turn the bytes into a
+``RequestRecord``.
 
 Connections are HTTP/1.1 keep-alive by default, as the clients users compare
 with keep them: a ``Connections`` pool per run hands each request an idle
@@ -35,14 +34,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from pytest_llmperf.measure.limits import (
+    FILES_BESIDES_SOCKETS,
+    concurrency_problem,
+    local_port_count,
+    raise_open_file_limit,
+)
+from pytest_llmperf.measure.stream import Stream
 from pytest_llmperf.measure.wire import Parsed, Read, parse_response
+
+__all__ = [  # the file limits live in ``limits``, the connection protocol in ``stream``
+    "FILES_BESIDES_SOCKETS",
+    "ClientReport",
+    "ConnectionStats",
+    "Connections",
+    "Exchange",
+    "Prepared",
+    "Stream",
+    "Target",
+    "concurrency_problem",
+    "exchange",
+    "local_port_count",
+    "prepare",
+    "raise_open_file_limit",
+    "request_body",
+    "send",
+]
 from pytest_llmperf.records import Api, Capabilities, RequestRecord
 
 _now = time.perf_counter_ns
@@ -161,169 +184,6 @@ def prepare(
     )
 
 
-_CHUNKED, _LENGTH, _TO_EOF, _HEAD = 0, 1, 2, 3
-"""How the current response ends: chunked terminator, byte count, EOF; ``_HEAD``: head not read yet."""
-_HEAD_LIMIT = 1 << 20
-"""Bytes without a complete head after which the reply is not HTTP: read it to the end instead."""
-
-
-class _Stream(asyncio.Protocol):
-    """One connection: each read kept with its arrival stamp, plus where the response ends.
-
-    A connection carries one request at a time (no pipelining); ``begin``
-    arms it for the next one.
-    """
-
-    __slots__ = (
-        "complete", "done", "end_ns", "error", "got", "keep", "lost", "mode", "raw", "raw_reads",
-        "reads", "timed_out", "transport", "walk", "want",
-    )  # fmt: skip
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.lost = False
-        self.error: BaseException | None = None
-        self.done: asyncio.Future[None] | None = None
-        self.reads: list[Read] = []
-        self.mode = _HEAD
-        self.got = 0
-        self.want = 0
-        self.keep = False
-        self.complete = False
-        self.timed_out = False
-        self.end_ns = 0
-        self.raw = bytearray()
-        self.raw_reads = 0
-        self.walk = 0
-
-    def begin(self, done: asyncio.Future[None]) -> None:
-        """Arm the connection for one request; ``done`` resolves when its response has ended."""
-        self.done = done
-        self.reads = []
-        self.mode = _HEAD
-        self.got = self.want = 0
-        self.keep = self.complete = self.timed_out = False
-        self.end_ns = 0
-        self.raw = bytearray()
-        self.raw_reads = self.walk = 0
-        if self.lost:
-            self._end(_now())
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        now = _now()
-        self.reads.append((now, data))
-        mode = self.mode
-        if mode == _CHUNKED:
-            # Every chunked body ends in CRLF CRLF (the terminator, or trailers after it);
-            # a short read may hold the second half of it.
-            if data.endswith(b"\r\n\r\n") or len(data) < 4:
-                self._walk_chunks(now)
-        elif mode == _LENGTH:
-            self.got += len(data)
-            if self.got >= self.want:
-                self._finished(now)
-        elif mode == _HEAD:
-            self._head(now)
-
-    def _head(self, now: int) -> None:
-        """Read the status line and framing headers, once per response (not per token)."""
-        if self.done is None or self.done.done():
-            # Bytes on an idle connection: no request of ours asked for them, so it cannot be reused.
-            self.keep = False
-            if self.transport is not None:
-                self.transport.close()
-            return
-        raw = b"".join(data for _, data in self.reads)
-        end = raw.find(b"\r\n\r\n")
-        if end < 0:
-            if len(raw) > _HEAD_LIMIT:
-                self.mode = _TO_EOF
-            return
-        lines = raw[:end].decode("latin-1").split("\r\n")
-        parts = lines[0].split(None, 2)
-        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-        fields: dict[str, str] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            fields[name.strip().lower()] = value.strip().lower()
-        connection = {token.strip() for token in fields.get("connection", "").split(",")}
-        self.keep = parts[0] == "HTTP/1.1" and "close" not in connection
-        body = len(raw) - end - 4
-        if status in (204, 304) or 100 <= status < 200:
-            # No body; an interim 1xx answer is not ours to handle, so the connection is not reused.
-            self.keep = self.keep and status >= 200
-            self._finished(now)
-        elif "chunked" in fields.get("transfer-encoding", ""):
-            self.mode = _CHUNKED
-            self.walk = end + 4
-            self._walk_chunks(now)
-        elif fields.get("content-length", "").isdigit():
-            self.mode = _LENGTH
-            self.want = int(fields["content-length"])
-            self.got = body
-            if self.got >= self.want:
-                self._finished(now)
-        else:
-            self.mode = _TO_EOF  # the body runs to the end of the connection
-            self.keep = False
-
-    def _walk_chunks(self, now: int) -> None:
-        """Follow the chunk sizes from where the last walk stopped; done at the last chunk.
-
-        Runs when a read could be the end, so a server whose events end in CRLF
-        makes it run per read: each byte is copied and walked once all the same.
-        """
-        reads, raw = self.reads, self.raw
-        for _, data in reads[self.raw_reads :]:
-            raw += data
-        self.raw_reads = len(reads)
-        pos = self.walk
-        while True:
-            eol = raw.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            try:
-                size = int(raw[pos:eol].split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                self.mode, self.keep = _TO_EOF, False  # not chunked after all: read to EOF
-                return
-            if size == 0:
-                # The last chunk: trailers (usually none) end with an empty line.
-                if raw[eol + 2 : eol + 4] == b"\r\n" or raw.find(b"\r\n\r\n", eol) >= 0:
-                    self._finished(now)
-                break
-            pos = eol + 2 + size + 2
-            if pos > len(raw):
-                break
-        self.walk = pos
-
-    def _finished(self, now: int) -> None:
-        self.complete = True
-        self.mode = _HEAD
-        self._end(now)
-
-    def _end(self, now: int) -> None:
-        if self.done is not None and not self.done.done():
-            self.end_ns = now
-            self.done.set_result(None)
-
-    def eof_received(self) -> bool | None:
-        return None  # let the transport close; connection_lost ends a request in flight
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self.error = exc
-        self._end(_now())
-
-    def expire(self) -> None:
-        self.timed_out = True
-        if self.transport is not None:
-            self.transport.abort()
-
-
 _ssl_context: ssl.SSLContext | None = None
 
 
@@ -433,8 +293,8 @@ class Connections:
 
     def __init__(self, *, keep_alive: bool = True) -> None:
         self.keep_alive = keep_alive
-        self._idle: list[_Stream] = []
-        self._open: set[_Stream] = set()  # every connection not yet closed: idle or carrying a request
+        self._idle: list[Stream] = []
+        self._open: set[Stream] = set()  # every connection not yet closed: idle or carrying a request
         self.opened = 0
         self.retries = 0
 
@@ -442,7 +302,7 @@ class Connections:
     def stats(self) -> ConnectionStats:
         return ConnectionStats(self.opened, self.retries)
 
-    def _take(self) -> _Stream | None:
+    def _take(self) -> Stream | None:
         idle = self._idle
         while idle:
             proto = idle.pop()
@@ -452,12 +312,12 @@ class Connections:
             self._close(proto)
         return None
 
-    async def _connect(self, req: Prepared, timeout_s: float) -> _Stream | str:
+    async def _connect(self, req: Prepared, timeout_s: float) -> Stream | str:
         loop = asyncio.get_running_loop()
         try:
             _transport, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    _Stream,
+                    Stream,
                     req.host,
                     req.port,
                     ssl=_tls() if req.tls else None,
@@ -485,7 +345,7 @@ class Connections:
         if missing <= 0:
             return
         opened = await asyncio.gather(*(self._connect(req, timeout_s) for _ in range(missing)))
-        self._idle.extend(p for p in opened if isinstance(p, _Stream))
+        self._idle.extend(p for p in opened if isinstance(p, Stream))
 
     async def exchange(self, req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
         """Send one prepared request and collect its stamped reads; never raises for I/O.
@@ -538,7 +398,7 @@ class Connections:
             req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
         )
 
-    def _close(self, proto: _Stream) -> None:
+    def _close(self, proto: Stream) -> None:
         self._open.discard(proto)
         if proto.transport is not None:
             proto.transport.close()
@@ -559,57 +419,3 @@ async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exc
 async def send(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> RequestRecord:
     """``exchange`` then parse: one request to one record."""
     return (await exchange(req, scheduled_ns=scheduled_ns, timeout_s=timeout_s)).record()
-
-
-FILES_BESIDES_SOCKETS = 64
-"""Open files a session holds besides one socket per request in flight: logs, pipes, pytest's own."""
-
-
-def concurrency_problem(concurrency: int) -> str | None:
-    """Why this process cannot hold ``concurrency`` requests in flight, or ``None``.
-
-    Raises the soft open-file limit toward the hard one first, as a run
-    would; then checks the hard limit and the local port range (every
-    connection to one server needs its own local port).
-    """
-    needed = concurrency + FILES_BESIDES_SOCKETS
-    soft = raise_open_file_limit(needed)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        most = max(soft - FILES_BESIDES_SOCKETS, 1)
-        return (
-            f"{concurrency} requests in flight need about {needed} open files, but this process may "
-            f"open at most {soft} (ulimit -Hn); lower the concurrency to {most} or raise the hard limit"
-        )
-    ports = local_port_count()
-    if ports is not None and concurrency > ports:
-        return (
-            f"{concurrency} requests in flight need as many connections to one server, but this machine "
-            f"has {ports} local ports (net.ipv4.ip_local_port_range); lower the concurrency"
-        )
-    return None
-
-
-def local_port_count(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int | None:
-    """How many local ports the kernel hands out for outgoing connections (Linux), else ``None``."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            low, high = (int(part) for part in handle.read().split()[:2])
-    except (OSError, ValueError):
-        return None
-    return high - low + 1
-
-
-def raise_open_file_limit(needed: int) -> int:
-    """Raise the soft open-file limit toward the hard one when ``needed`` is more.
-
-    Each in-flight request holds one socket; the default soft limit (often
-    1024) would turn high concurrency into ``EMFILE`` errors. Returns the
-    soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        if new > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            soft = new
-    return soft

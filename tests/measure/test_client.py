@@ -286,11 +286,11 @@ class FakeTransport:
         self.closed = True
 
 
-def feed(pieces: list[bytes]) -> tuple[list[bool], client._Stream]:
+def feed(pieces: list[bytes]) -> tuple[list[bool], client.Stream]:
     """Feed ``pieces`` to a connection's protocol one read at a time; whether it had ended after each."""
 
-    async def run() -> tuple[list[bool], client._Stream]:
-        proto = client._Stream()
+    async def run() -> tuple[list[bool], client.Stream]:
+        proto = client.Stream()
         proto.connection_made(FakeTransport())  # type: ignore[arg-type]
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         proto.begin(done)
