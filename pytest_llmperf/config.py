@@ -32,6 +32,8 @@ else:  # pragma: no cover - Python 3.10
 IniType = Literal["string", "paths", "pathlist", "args", "linelist", "bool"]
 BACKENDS = ("llamacpp", "vllm", "ollama", "openai")
 MISMATCH_MODES: tuple[HardwareMode, ...] = ("warn", "fail", "ignore")
+CONNECTION_MODES = ("keep-alive", "per-request")
+PINNING_MODES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,36 @@ OPTIONS: tuple[Option, ...] = (
         "fail",
         choices=MISMATCH_MODES,
     ),
+    # -- issue 15: the client's processes, connections and cores; pytest-xdist ---------------
+    Option(
+        "--llm-client-workers",
+        "client processes that share each run's streams: a number, or auto for the cores that a "
+        "server this session started leaves free (default: 1, the test's own process)",
+        "N",
+        "1",
+    ),
+    Option(
+        "--llm-connections",
+        "keep-alive: each stream reuses its connection (default); per-request: a new connection "
+        "for every request, closed after it",
+        "MODE",
+        "keep-alive",
+        choices=CONNECTION_MODES,
+    ),
+    Option(
+        "--llm-cpu-pinning",
+        "auto: a server this session starts on this host's CPUs runs on cores of its own and the "
+        "client on the others, when there are 2 or more (default); off: both run anywhere",
+        "MODE",
+        "auto",
+        choices=PINNING_MODES,
+    ),
+    Option(
+        "--llm-gpus-per-worker",
+        "under pytest-xdist, G GPUs of its own for each worker's servers (CUDA_VISIBLE_DEVICES): "
+        "worker gwK gets GPUs K*G to K*G+G-1 (default: every worker sees every GPU)",
+        "G",
+    ),
 )
 
 
@@ -253,6 +285,14 @@ class Settings:
     """``--llm-history``: passing baseline runs bare ``--benchmark-compare`` keeps."""
     busy_machine: HardwareMode = "fail"
     """``--llm-busy-machine``: what a case measured on a busy machine becomes."""
+    client_workers: int | None = 1
+    """``--llm-client-workers``: client processes; ``None`` is ``auto``."""
+    keep_alive: bool = True
+    """``--llm-connections``: reuse a connection per stream (``per-request``: False)."""
+    cpu_pinning: bool = True
+    """``--llm-cpu-pinning``: split the cores between a server we start on this host and the client."""
+    gpus_per_worker: int | None = None
+    """``--llm-gpus-per-worker``: GPUs each pytest-xdist worker's servers get."""
 
     @property
     def api_key(self) -> str | None:
@@ -414,6 +454,13 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
     if busy is None:
         raise ConfigError(f"--llm-busy-machine takes one of {', '.join(MISMATCH_MODES)}, not {busy_raw!r}")
     max_conc = get("llm_max_concurrency")
+    connections = str(get("llm_connections"))
+    if connections not in CONNECTION_MODES:
+        raise ConfigError(f"--llm-connections takes keep-alive or per-request, not {connections!r}")
+    pinning = str(get("llm_cpu_pinning"))
+    if pinning not in PINNING_MODES:
+        raise ConfigError(f"--llm-cpu-pinning takes auto or off, not {pinning!r}")
+    gpus = get("llm_gpus_per_worker")
     models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_model")) if m.strip()))
     return Settings(
         models=models,
@@ -444,4 +491,23 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         repeat=int(_number(get("llm_repeat"), "--llm-repeat", minimum=1, integer=True)),
         history=int(_number(get("llm_history"), "--llm-history", minimum=1, integer=True)),
         busy_machine=busy,
+        client_workers=_workers(get("llm_client_workers")),
+        keep_alive=connections == "keep-alive",
+        cpu_pinning=pinning == "auto",
+        gpus_per_worker=int(_number(gpus, "--llm-gpus-per-worker", minimum=1, integer=True))
+        if gpus is not None
+        else None,
     )
+
+
+def _workers(raw: object) -> int | None:
+    """``--llm-client-workers``: a whole number >= 1, or ``auto`` (``None``)."""
+    text = str(raw).strip().lower()
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(
+            f"--llm-client-workers takes a whole number >= 1 or auto, not {raw!r}; "
+            "for example --llm-client-workers=2"
+        )
+    return int(text)

@@ -25,9 +25,10 @@ memory fit a capacity entry records.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf import sweeps
 from pytest_llmperf.config import Settings
@@ -45,6 +46,9 @@ from pytest_llmperf.servers.base import Server
 from pytest_llmperf.servers.models import ModelSpec
 from pytest_llmperf.servers.pool import TooBig
 from pytest_llmperf.sweeps import CapacityResult, Sweep
+
+if TYPE_CHECKING:
+    from pytest_llmperf.measure.runner import ClientSettings
 
 Judge = Callable[[RunResult], Outcome]
 """Budgets and baseline for this test: a result in, its verdict out."""
@@ -104,6 +108,7 @@ class LlmPerf:
         budgets: Callable[[], Budgets] | None = None,
         progress: Callable[[str], None] | None = None,
         spec: ModelSpec | None = None,
+        client: Callable[[], ClientSettings] | None = None,
     ) -> None:
         self.nodeid = nodeid
         self.model = model
@@ -121,6 +126,7 @@ class LlmPerf:
         self._progress = progress
         self._spec = spec
         self._used: str | None = None
+        self._client = client  # workers, connections and cores of the client (session.Placement)
         self.results: list[RunResult] = []
 
     # -- the three measurements ---------------------------------------------------------------
@@ -310,8 +316,9 @@ class LlmPerf:
     ) -> tuple[RunResult, list[dict[str, Any]], ServerDiedError | None]:
         """Measure one load (telemetry, progress, request log, goodput); a dead server is returned."""
         from pytest_llmperf import telemetry
-        from pytest_llmperf.measure import runner
+        from pytest_llmperf.measure import runner, workers
         from pytest_llmperf.measure import workload as workloads
+        from pytest_llmperf.telemetry.load import PsutilClientReader
 
         settings = self._settings
         prompt_salt = f"{self._prompt_salt}/{self.nodeid}{salt}"
@@ -331,6 +338,8 @@ class LlmPerf:
                 metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
                 ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
                 keep_series=settings.telemetry_series,
+                # Client worker processes are the client's CPU, not "others" (telemetry.load).
+                client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids),
             )
         log = RequestLog.open(settings.save_requests, self.nodeid, self.model, self.backend)
         live = LiveProgress(self._progress, label, scenario)
@@ -350,8 +359,11 @@ class LlmPerf:
                 result = runner.measure(
                     self._target(), scenario, model=self.model, backend=self.backend,
                     on_record=on_record, on_measured=on_measured, prompt_salt=prompt_salt,
+                    client_settings=self._client() if self._client is not None else None,
                 )  # fmt: skip
             else:
+                # Conversations and shared prefixes build each prompt from the last answer or the
+                # pool: they run in this process, never in client workers.
                 result = workloads.measure(
                     self._target(), scenario, built, model=self.model, backend=self.backend,
                     cache=workload.cache, on_record=on_record, on_measured=on_measured,

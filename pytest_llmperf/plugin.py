@@ -7,6 +7,7 @@ modules are imported when a test needs a server, not at plugin load.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from pytest_llmperf.session import LlmPerfSession
 
 SESSION_KEY = pytest.StashKey["LlmPerfSession"]()
+SALT_KEY = "llmperf_prompt_salt"
+"""The controller's prompt salt, in each pytest-xdist worker's ``workerinput``."""
 SERVER_FIXTURES = ("llm_server", "llm_perf")
 
 MARKERS = (
@@ -59,6 +62,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
+    worker_salt = getattr(config, "workerinput", {}).get(SALT_KEY)
+    if worker_salt:
+        # A pytest-xdist worker sends the controller's prompts: one salt, printed once, repeats them all.
+        settings = dataclasses.replace(settings, prompt_salt=worker_salt)
     from pytest_llmperf.session import LlmPerfSession
 
     bench_json = config.getoption("benchmark_json", None)
@@ -211,6 +218,20 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[
         ours.finish()
         ours.before_benchmark_save()
     return (yield)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    # pytest-xdist's controller, before a worker starts: it uses the controller's prompt salt.
+    if SESSION_KEY in node.config.stash:
+        node.workerinput[SALT_KEY] = _session(node.config).settings.prompt_salt
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    # pytest-xdist's controller: a worker finished; merge its entries, table rows and report rows.
+    if SESSION_KEY in node.config.stash:
+        _session(node.config).merge_worker(node)
 
 
 def pytest_benchmark_update_json(

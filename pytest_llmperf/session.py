@@ -5,7 +5,11 @@ servers from the collected tests and hands them to a ``ServerPool`` (one
 server per model, started when its first test needs it, restarted bigger
 when a run needs more, stopped after its last test; pytest's session-scoped
 parametrize runs one model's tests together, so two servers never run at
-once). It stops every server on SIGTERM, Ctrl-C or exit.
+once). It stops every server on SIGTERM, Ctrl-C or exit. Per model it
+decides the cores of the server and of the client (``servers.pinning``), the
+client's workers and connections, and records them in each entry's
+``extra_info["llm"]["client"]``. Under pytest-xdist a worker hands its
+results to the controller, which merges them (``xdistmerge``).
 
 Per test it wires the ``llm_perf`` fixture to narrow callables, and, from
 pytest's reports, decides the test's final outcome (``judge.outcome``) and
@@ -25,17 +29,18 @@ import tempfile
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
-from pytest_llmperf import schema
+from pytest_llmperf import schema, xdistmerge
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, LlmPerfError
 from pytest_llmperf.judge.gate import Gate
 from pytest_llmperf.output import benchjson
 from pytest_llmperf.output.report import junit_properties
 from pytest_llmperf.perf import LlmPerf
+from pytest_llmperf.placement import Placement
 from pytest_llmperf.records import CaseResult, Outcome, RunResult
 from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
@@ -73,8 +78,10 @@ class LlmPerfSession:
             if settings.max_concurrency
             else None,
             options=settings.server_options,
-            attached=settings.base_url is not None,
+            attached=self.attached,
         )
+        controller = config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
+        self.placement = Placement(settings, self.backend_for, self.attached, xdist_controller=controller)
         # Fixed at configure time: pytest-benchmark compares machine_info at start and at save.
         self.server_info = {name: self._server_info(name) for name in self.model_names}
         self.reports = TestReports(self.pool.label, settings)
@@ -99,6 +106,14 @@ class LlmPerfSession:
 
     def backend_for(self, model: str) -> str:
         return self.settings.backend or self.specs[model].default_backend
+
+    def base_url_for(self, model: str) -> str | None:
+        """The endpoint a model is served at: ``--llm-base-url``, else its own ``base_url`` in pyproject."""
+        return self.settings.base_url or self.specs[model].base_url
+
+    def attached(self, model: str) -> bool:
+        """True for a model on a server we attach to rather than start (its size is not ours to check)."""
+        return self.base_url_for(model) is not None or self.backend_for(model) == "openai"
 
     def _server_info(self, model: str) -> dict[str, Any]:
         spec, backend = self.specs[model], self.backend_for(model)
@@ -168,9 +183,9 @@ class LlmPerfSession:
         s = self.settings
         return LaunchRequest(
             model=spec, max_concurrency=slots, max_context=context_tokens, log_dir=self.log_dir,
-            start_timeout_s=s.start_timeout_s, base_url=s.base_url, api_key=s.api_key,
+            start_timeout_s=s.start_timeout_s, base_url=self.base_url_for(spec.name), api_key=s.api_key,
             auth_headers=s.auth_headers, executable=s.server_executable, extra_args=s.server_args,
-            options=s.server_options,
+            options=s.server_options, cpu_cores=self.placement.plan(spec.name).server_cores,
         )  # fmt: skip
 
     def _launch(self, backend_name: str, request: LaunchRequest) -> Server:
@@ -199,6 +214,9 @@ class LlmPerfSession:
 
     def close(self) -> None:
         self.pool.close()
+        from pytest_llmperf.measure import workers
+
+        workers.close_pool()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -256,12 +274,16 @@ class LlmPerfSession:
             budgets=lambda: self.gate.budgets_for(item, model),
             progress=self.progress if self.config.get_verbosity() >= 0 else None,
             spec=self.specs[model],
+            client=lambda: self.placement.client_settings(model),
         )
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
         """Keep a finished case and write it where pytest's reports will read it."""
         info = schema.llm_info(case.run, case.outcome, engine=case.engine, engine_version=case.engine_version)
         info["prompt_salt"] = self.settings.prompt_salt
+        client = dict(case.run.extra.get("client") or {})  # type: ignore[call-overload]
+        client["pinning"] = self.placement.plan(case.run.model).as_json()
+        cast(dict[str, Any], info)["client"] = client
         info.update(self.gate.entry_extra(item))  # case/repeat keys under --llm-repeat (judge.gate)
         e2e_s = [r.e2e_ns / 1e9 for r in case.run.measured if r.e2e_ns is not None]
         benchjson.record(benchmark, info, e2e_s)
@@ -325,7 +347,7 @@ class LlmPerfSession:
         from pytest_llmperf import telemetry
 
         _reader, gpu_warning = telemetry.probe_gpu()
-        return ([gpu_warning] if gpu_warning else []) + list(self._warnings)
+        return list(dict.fromkeys(([gpu_warning] if gpu_warning else []) + self._warnings))
 
     def warn_once(self, text: str) -> None:
         if text not in self._warnings:
@@ -333,8 +355,22 @@ class LlmPerfSession:
 
     def finish(self) -> None:
         self.close()
-        if self.settings.report_dir is not None:
+        if hasattr(self.config, "workerinput"):
+            # A pytest-xdist worker: the controller merges every worker's results and writes them.
+            xdistmerge.hand_over(
+                self.config, self.reports.finished, self.reports.notes, self.session_warnings()
+            )
+        elif self.settings.report_dir is not None:
             self.reports.write_report(self.settings.report_dir, self.progress)
+
+    def merge_worker(self, node: Any) -> None:
+        """The controller: a pytest-xdist worker went down; its results join this session's."""
+        finished, notes, warnings = xdistmerge.take_over(self.config, node)
+        self.reports.finished.extend(finished)
+        self.reports.finished.sort(key=lambda done: done.nodeid)  # the same table whichever worker ends first
+        self.reports.notes.extend(n for n in notes if n not in self.reports.notes)
+        for warning in warnings:
+            self.warn_once(warning)
 
     def machine_info(self) -> dict[str, Any]:
         """``machine_info["llmperf"]``: the setup a baseline comparison checks.

@@ -68,6 +68,15 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "pytest_llmperf.judge",
         "pytest_llmperf.output",
     ),
+    # The session's choice of cores, client workers and GPUs per model (issue 15).
+    "pytest_llmperf.placement": (
+        *LEAVES,
+        "pytest_llmperf.config",
+        "pytest_llmperf.measure",
+        "pytest_llmperf.servers",
+    ),
+    # pytest-xdist: a worker's finished results handed to the controller (issue 15); values only.
+    "pytest_llmperf.xdistmerge": LEAVES,
     "pytest_llmperf.session": ("pytest_llmperf",),  # anything but the plugin (checked below)
     "pytest_llmperf.plugin": ("pytest_llmperf",),
     "pytest_llmperf": LEAVES,  # __init__

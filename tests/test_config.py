@@ -185,3 +185,25 @@ def test_the_prompt_salt_is_random_per_session_unless_given() -> None:
     assert first != second
     assert settings({"llm_prompt_salt": "fixed-7"}).prompt_salt == "fixed-7"
     assert settings(ini={"llm_prompt_salt": "from-ini"}).prompt_salt == "from-ini"
+
+
+def test_client_workers_connections_pinning_and_gpus() -> None:
+    s = settings()
+    assert (s.client_workers, s.keep_alive, s.cpu_pinning, s.gpus_per_worker) == (1, True, True, None)
+    s = settings(
+        {"llm_client_workers": "auto", "llm_connections": "per-request", "llm_cpu_pinning": "off",
+         "llm_gpus_per_worker": "2"}
+    )  # fmt: skip
+    assert (s.client_workers, s.keep_alive, s.cpu_pinning, s.gpus_per_worker) == (None, False, False, 2)
+    assert settings(ini={"llm_client_workers": "4"}).client_workers == 4
+    with pytest.raises(ConfigError) as info:
+        settings({"llm_client_workers": "0"})
+    assert str(info.value) == (
+        "--llm-client-workers takes a whole number >= 1 or auto, not '0'; for example --llm-client-workers=2"
+    )
+    with pytest.raises(ConfigError, match="--llm-connections takes keep-alive or per-request, not 'pooled'"):
+        settings(ini={"llm_connections": "pooled"})
+    with pytest.raises(ConfigError, match="--llm-cpu-pinning takes auto or off, not 'on'"):
+        settings(ini={"llm_cpu_pinning": "on"})
+    with pytest.raises(ConfigError, match="--llm-gpus-per-worker takes a whole number >= 1, not '0'"):
+        settings({"llm_gpus_per_worker": "0"})

@@ -1,12 +1,28 @@
-"""One streamed LLM request over a raw asyncio connection, stamped per read.
+"""One streamed LLM request on a raw asyncio connection, stamped per read.
 
-The hot path is an ``asyncio.Protocol`` whose ``data_received`` only appends
-``(time.perf_counter_ns(), bytes)``: no HTTP parsing, no JSON, no allocation
-beyond the tuple while tokens arrive, so the stamps carry the least client
-delay we can get from Python. Each request gets its own connection with
-``Connection: close`` (no pool, so no hidden client-side queue) and ends at
-EOF. Only after it ends does :mod:`pytest_llmperf.measure.wire` turn the bytes into a
+The hot path is ``stream.Stream``, the connection's protocol: its
+``data_received`` appends ``(time.perf_counter_ns(), bytes)`` and does one
+cheap check of where the response ends, no HTTP parsing or JSON while tokens
+arrive, so the stamps carry the least client delay Python allows. Only after
+a request ends does :mod:`pytest_llmperf.measure.wire` turn the bytes into a
 ``RequestRecord``.
+
+Connections are HTTP/1.1 keep-alive by default, as the clients users compare
+with keep them: a ``Connections`` pool per run hands each request an idle
+connection or opens one, so a closed loop of N streams holds N connections.
+The load generator opens them before the measured phase
+(``Connections.preconnect``), so no measured request pays a connect, and
+``queue_ms`` in a closed loop is client queueing only. ``keep_alive=False``
+sends ``Connection: close`` and opens a connection per request, as 0.1 did.
+
+A server may close a kept-alive connection at any time (its idle timeout, a
+request-count limit). A connection found closed is dropped and a new one
+opened; its connect time is before ``sent_ns``, so it shows in ``queue_ms``,
+never in TTFT. If the server closed it just as our request went out (the
+connection ends with no byte of an answer), the request is sent once more on
+a fresh connection and its ``sent_ns`` is that second send: TTFT never
+includes a lost attempt, which is counted in ``Connections.retries`` and
+goes into ``queue_ms``.
 
 This module must not raise for anything the server does: every failure
 (refused connection, HTTP error, broken stream, timeout) is a record with its
@@ -18,14 +34,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import resource
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from pytest_llmperf.measure.limits import (
+    FILES_BESIDES_SOCKETS,
+    concurrency_problem,
+    local_port_count,
+    raise_open_file_limit,
+)
+from pytest_llmperf.measure.stream import Stream
 from pytest_llmperf.measure.wire import Parsed, Read, parse_response
+
+__all__ = [  # the file limits live in ``limits``, the connection protocol in ``stream``
+    "FILES_BESIDES_SOCKETS",
+    "ClientReport",
+    "ConnectionStats",
+    "Connections",
+    "Exchange",
+    "Prepared",
+    "Stream",
+    "Target",
+    "concurrency_problem",
+    "exchange",
+    "local_port_count",
+    "prepare",
+    "raise_open_file_limit",
+    "request_body",
+    "send",
+]
 from pytest_llmperf.records import Api, Capabilities, RequestRecord
 
 _now = time.perf_counter_ns
@@ -102,8 +142,10 @@ def prepare(
     max_tokens: int,
     warmup: bool = False,
     body: Mapping[str, object] | None = None,
+    keep_alive: bool = True,
 ) -> Prepared:
-    """Build the request bytes (HTTP/1.1, ``Connection: close``) for one request.
+    """Build the request bytes (HTTP/1.1) for one request; ``keep_alive=False`` asks the
+    server to close the connection after it (``Connection: close``).
 
     ``body`` replaces the JSON body ``request_body`` would build (a conversation's
     history, a dataset's chat messages); ``prompt`` is then unused.
@@ -129,7 +171,7 @@ def prepare(
         "Content-Type: application/json",
         "Accept: application/x-ndjson" if api.startswith("ollama") else "Accept: text/event-stream",
         f"Content-Length: {len(encoded)}",
-        "Connection: close",
+        "Connection: keep-alive" if keep_alive else "Connection: close",
         f"x-request-id: {request_id}",
     ]
     lines.extend(f"{k}: {v}" for k, v in target.headers.items())
@@ -146,40 +188,6 @@ def prepare(
         output_tokens_requested=max_tokens,
         warmup=warmup,
     )
-
-
-class _Stream(asyncio.Protocol):
-    """Keeps each read with its arrival stamp; nothing else on the hot path."""
-
-    __slots__ = ("done", "end_ns", "error", "reads", "timed_out", "transport")
-
-    def __init__(self, done: asyncio.Future[None]) -> None:
-        self.reads: list[Read] = []
-        self.done = done
-        self.end_ns = 0
-        self.error: BaseException | None = None
-        self.timed_out = False
-        self.transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.reads.append((_now(), data))
-
-    def eof_received(self) -> bool | None:
-        return None  # let the transport close; connection_lost ends the request
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.end_ns = _now()
-        self.error = exc
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def expire(self) -> None:
-        self.timed_out = True
-        if self.transport is not None:
-            self.transport.abort()  # type: ignore[attr-defined]
 
 
 _ssl_context: ssl.SSLContext | None = None
@@ -240,102 +248,180 @@ class Exchange:
         )
 
 
-async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
-    """Send one prepared request and collect its stamped reads; never raises for I/O.
+@dataclass(frozen=True)
+class ConnectionStats:
+    """What a run's connections did: how many were opened, and requests sent again."""
 
-    ``timeout_s`` bounds the whole request, connecting included; when it
-    expires the connection is aborted and the record will say so.
+    opened: int = 0
+    retries: int = 0
+
+    def __add__(self, other: ConnectionStats) -> ConnectionStats:
+        return ConnectionStats(self.opened + other.opened, self.retries + other.retries)
+
+
+@dataclass(frozen=True)
+class ClientReport:
+    """How the client ran one measurement: its processes, its connections and its own CPU.
+
+    ``cpu_s`` is the CPU time of every client process (each thread: the
+    event loops, the parser, the telemetry sampler in the test's process)
+    over the measured phase; ``cores`` the cores the client was pinned to.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    done: asyncio.Future[None] = loop.create_future()
-    failure: str | None = None
-    try:
-        transport, proto = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _Stream(done),
-                req.host,
-                req.port,
-                ssl=_tls() if req.tls else None,
-                server_hostname=req.host if req.tls else None,
-            ),
-            timeout=timeout_s,
+
+    workers: int
+    keep_alive: bool
+    connections: ConnectionStats
+    cpu_s: float | None
+    cores: tuple[int, ...] | None = None
+
+    def as_json(self, output_tokens: int) -> dict[str, object]:
+        """The ``extra_info["llm"]["client"]`` figures of this run, for ``output_tokens`` delivered."""
+        cpu = self.cpu_s
+        return {
+            "workers": self.workers,
+            "connections": "keep-alive" if self.keep_alive else "per-request",
+            "connections_opened": self.connections.opened,
+            "retries": self.connections.retries,
+            "cpu_s": round(cpu, 4) if cpu is not None else None,
+            "cpu_ms_per_1k_output_tokens": round(cpu * 1e6 / output_tokens, 2)
+            if cpu is not None and output_tokens > 0
+            else None,
+            "cores": list(self.cores) if self.cores is not None else None,
+        }
+
+
+class Connections:
+    """The connections of one run to one server, each carrying one request at a time.
+
+    ``keep_alive=False`` opens a connection per request and closes it after
+    (requests must then be prepared with ``keep_alive=False``).
+    """
+
+    def __init__(self, *, keep_alive: bool = True) -> None:
+        self.keep_alive = keep_alive
+        self._idle: list[Stream] = []
+        self._open: set[Stream] = set()  # every connection not yet closed: idle or carrying a request
+        self.opened = 0
+        self.retries = 0
+
+    @property
+    def stats(self) -> ConnectionStats:
+        return ConnectionStats(self.opened, self.retries)
+
+    def _take(self) -> Stream | None:
+        idle = self._idle
+        while idle:
+            proto = idle.pop()
+            transport = proto.transport
+            if not proto.lost and transport is not None and not transport.is_closing():
+                return proto
+            self._close(proto)
+        return None
+
+    async def _connect(self, req: Prepared, timeout_s: float) -> Stream | str:
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    Stream,
+                    req.host,
+                    req.port,
+                    ssl=_tls() if req.tls else None,
+                    server_hostname=req.host if req.tls else None,
+                ),
+                timeout=max(timeout_s, 0.0),
+            )
+        except asyncio.TimeoutError:
+            return f"timeout after {timeout_s:g} s (connecting)"
+        except (OSError, ssl.SSLError) as exc:
+            return f"connection failed: {exc}"
+        self.opened += 1
+        self._open.add(proto)
+        return proto
+
+    async def preconnect(self, req: Prepared, count: int, timeout_s: float) -> None:
+        """Open connections until ``count`` are idle, so the measured requests find them ready.
+
+        A connection that cannot be opened now is left to the request that
+        needs it, which records the failure.
+        """
+        if not self.keep_alive:
+            return
+        missing = count - len(self._idle)
+        if missing <= 0:
+            return
+        opened = await asyncio.gather(*(self._connect(req, timeout_s) for _ in range(missing)))
+        self._idle.extend(p for p in opened if isinstance(p, Stream))
+
+    async def exchange(self, req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
+        """Send one prepared request and collect its stamped reads; never raises for I/O.
+
+        ``timeout_s`` bounds the whole request, connecting included; when it
+        expires the connection is aborted and the record will say so.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        retried = False
+        while True:
+            proto = self._take() if self.keep_alive else None
+            reused = proto is not None
+            if proto is None:
+                opened = await self._connect(req, deadline - loop.time())
+                if isinstance(opened, str):
+                    now = _now()
+                    return Exchange(req, scheduled_ns, now, now, [], timeout_s, failure=opened)
+                proto = opened
+            transport = proto.transport
+            assert transport is not None
+            done: asyncio.Future[None] = loop.create_future()
+            proto.begin(done)
+            timer = loop.call_at(deadline, proto.expire)
+            sent_ns = _now()
+            if not proto.lost:  # a connection closed before we could send is answered by nothing
+                transport.write(req.payload)
+            try:
+                await done
+            except BaseException:
+                self._close(proto)  # an interrupted run: nothing of this request stays open
+                raise
+            finally:
+                timer.cancel()
+            if reused and proto.lost and not proto.reads and not proto.timed_out and not retried:
+                # The server closed this idle connection as our request went out: nothing of the
+                # request was answered, so it goes again on a new connection (counted, not hidden).
+                self.retries += 1
+                retried = True
+                self._close(proto)
+                continue
+            break
+        if self.keep_alive and proto.complete and proto.keep and not proto.lost:
+            proto.done = None
+            self._idle.append(proto)
+        else:
+            self._close(proto)
+        lost = str(proto.error) if proto.error is not None else None
+        return Exchange(
+            req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
         )
-    except asyncio.TimeoutError:
-        failure = f"timeout after {timeout_s:g} s (connecting)"
-    except (OSError, ssl.SSLError) as exc:
-        failure = f"connection failed: {exc}"
-    if failure is not None:
-        now = _now()
-        return Exchange(req, scheduled_ns, now, now, [], timeout_s, failure=failure)
-    timer = loop.call_at(deadline, proto.expire)
-    sent_ns = _now()
-    transport.write(req.payload)
-    try:
-        await done
-    finally:
-        timer.cancel()
-        transport.close()
-    lost = str(proto.error) if proto.error is not None else None
-    return Exchange(
-        req, scheduled_ns, sent_ns, proto.end_ns, proto.reads, timeout_s, proto.timed_out, None, lost
-    )
+
+    def _close(self, proto: Stream) -> None:
+        self._open.discard(proto)
+        if proto.transport is not None:
+            proto.transport.close()
+
+    def close(self) -> None:
+        """Close every connection still open (the run is over, or was interrupted)."""
+        self._idle.clear()
+        while self._open:
+            self._close(self._open.pop())
+
+
+async def exchange(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> Exchange:
+    """One request on a connection of its own, closed after it."""
+    connections = Connections(keep_alive=False)
+    return await connections.exchange(req, scheduled_ns=scheduled_ns, timeout_s=timeout_s)
 
 
 async def send(req: Prepared, *, scheduled_ns: int, timeout_s: float) -> RequestRecord:
     """``exchange`` then parse: one request to one record."""
     return (await exchange(req, scheduled_ns=scheduled_ns, timeout_s=timeout_s)).record()
-
-
-FILES_BESIDES_SOCKETS = 64
-"""Open files a session holds besides one socket per request in flight: logs, pipes, pytest's own."""
-
-
-def concurrency_problem(concurrency: int) -> str | None:
-    """Why this process cannot hold ``concurrency`` requests in flight, or ``None``.
-
-    Raises the soft open-file limit toward the hard one first, as a run
-    would; then checks the hard limit and the local port range (every
-    connection to one server needs its own local port).
-    """
-    needed = concurrency + FILES_BESIDES_SOCKETS
-    soft = raise_open_file_limit(needed)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        most = max(soft - FILES_BESIDES_SOCKETS, 1)
-        return (
-            f"{concurrency} requests in flight need about {needed} open files, but this process may "
-            f"open at most {soft} (ulimit -Hn); lower the concurrency to {most} or raise the hard limit"
-        )
-    ports = local_port_count()
-    if ports is not None and concurrency > ports:
-        return (
-            f"{concurrency} requests in flight need as many connections to one server, but this machine "
-            f"has {ports} local ports (net.ipv4.ip_local_port_range); lower the concurrency"
-        )
-    return None
-
-
-def local_port_count(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> int | None:
-    """How many local ports the kernel hands out for outgoing connections (Linux), else ``None``."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            low, high = (int(part) for part in handle.read().split()[:2])
-    except (OSError, ValueError):
-        return None
-    return high - low + 1
-
-
-def raise_open_file_limit(needed: int) -> int:
-    """Raise the soft open-file limit toward the hard one when ``needed`` is more.
-
-    Each in-flight request holds one socket; the default soft limit (often
-    1024) would turn high concurrency into ``EMFILE`` errors. Returns the
-    soft limit now in force.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        new = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        if new > soft:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-            soft = new
-    return soft

@@ -14,11 +14,19 @@
 
 With ``Scenario.duration_s`` no request is started once that long has passed
 since the measured phase began (``requests`` is then a cap); requests in
-flight finish. Warm-up requests run first, to completion, marked ``warmup=True``. With
+flight finish. Warm-up requests run first, to completion, marked
+``warmup=True``; then ``connect`` opens a connection per stream of the
+measured phase, so no measured request pays a connect. With
 ``Scenario.adaptive`` the run stops issuing requests once the 95% confidence
 intervals of median TPOT and output tok/s are tight enough (see
-``stats.precision_reached``). An event-loop lag sampler runs alongside the
-measured phase: a late timer tick means stamps were taken late too.
+``stats.precision_reached``); a ``stop`` event set from outside (the
+collector of several client workers) stops it the same way. An event-loop
+lag sampler runs alongside the measured phase: a late timer tick means
+stamps were taken late too.
+
+A client worker (``measure.workers``) runs this same code on its share of a
+run: its streams, its requests, and for a rate its part of the one arrival
+schedule (``arrivals_ns``) from the common start its ``on_measured`` returns.
 
 This module must not parse responses or compute summaries, and must not
 block the event loop: ``on_record`` is its only call out per request.
@@ -27,12 +35,14 @@ block the event loop: ``on_record`` is its only call out per request.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from pytest_llmperf.measure.client import ClientReport
 from pytest_llmperf.measure.stats import distribution, precision_reached
 from pytest_llmperf.records import Distribution, RequestRecord, Scenario
 
@@ -40,15 +50,29 @@ _now = time.perf_counter_ns
 
 
 class Finished(Protocol):
-    """A request that has ended; ``record()`` parses it (``client.Exchange``)."""
+    """A request that has ended; ``record()`` parses it (``client.Exchange``).
+
+    One that also has ``eof_ns`` (the stamp of its last read, as an exchange
+    has) feeds the lag sampler a free probe: how long its task waited to
+    resume after that read.
+    """
 
     def record(self) -> RequestRecord: ...
 
 
 SendFn = Callable[[int, int], Awaitable[Finished]]
 """``send(index, scheduled_ns)``: issue request ``index``, return once it has ended."""
+ConnectFn = Callable[[int], Awaitable[None]]
+"""``connect(streams)``: open that many connections before the measured phase starts."""
 
-LAG_INTERVAL_S = 0.02
+LAG_INTERVAL_S = 0.1
+"""The lag sampler's timer period: 10 Hz.
+
+Its tick wakes an idle loop, and on this kind of VM a wake-up costs 30-60 us
+of CPU: at 50 Hz the timer alone was a third of the client's CPU at one
+stream. Busy loops, where lag matters, get far more samples from the probes
+that every finished request gives for free (``LagSampler.probe``).
+"""
 
 
 @dataclass(frozen=True)
@@ -58,14 +82,40 @@ class LoadResult:
     records: tuple[RequestRecord, ...]
     loop_lag_ms: Distribution | None
     stopped_early: bool
+    lag_samples_ms: tuple[float, ...] = ()
+    """The lag sampler's raw samples, so several workers' runs merge into one distribution."""
+    client: ClientReport | None = None
+    """How the client ran (workers, connections, CPU), where the caller measured it."""
+
+
+class AdaptiveStop:
+    """``Scenario.adaptive``: whether the measured records so far are precise enough to stop.
+
+    Checks at a growing stride (each check sorts all samples so far).
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.next_check = scenario.min_requests
+
+    def reached(self, measured: Sequence[RequestRecord]) -> bool:
+        sc, n = self.scenario, len(measured)
+        if not sc.adaptive or n < self.next_check:
+            return False
+        self.next_check = n + max(1, n // 20)
+        return precision_reached(measured, sc.target_rel_ci)
 
 
 class LagSampler:
-    """Measures how late the event loop runs a timer callback.
+    """Measures how late the event loop runs a callback.
 
-    Every ``interval_s`` a callback compares when it runs with when it was due.
-    Stamps are taken in callbacks too, so the lag is how late a stamp can be.
-    Early firings (the loop's clock is coarser than ours) count as zero.
+    Every ``interval_s`` a timer callback compares when it runs with when it
+    was due: that sees a thread the OS did not schedule (a starved client).
+    ``probe(ended_ns)`` adds a sample with no timer: how long a request's
+    task waited to resume after the read that ended it, which grows with
+    everything else queued on the loop (a saturated client). Stamps are
+    taken in callbacks too, so the lag is how late a stamp can be. Early
+    firings (the loop's clock is coarser than ours) count as zero.
     """
 
     def __init__(self, interval_s: float = LAG_INTERVAL_S) -> None:
@@ -89,11 +139,20 @@ class LagSampler:
         self.samples_ns.append(max(_now() - self._due, 0))
         self._arm()
 
+    def probe(self, finished: object) -> None:
+        """A sample from a request that just resumed after its last read (``eof_ns``)."""
+        ended = getattr(finished, "eof_ns", 0)
+        if ended and self._handle is not None:
+            self.samples_ns.append(max(_now() - ended, 0))
+
     def stop(self) -> Distribution | None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        return distribution(v / 1e6 for v in self.samples_ns)
+        return distribution(self.samples_ms())
+
+    def samples_ms(self) -> tuple[float, ...]:
+        return tuple(v / 1e6 for v in self.samples_ns)
 
 
 def arrival_offsets_ns(scenario: Scenario) -> list[int]:
@@ -119,17 +178,32 @@ class _Run:
     stamping of reads still streaming in."""
 
     def __init__(
-        self, send: SendFn, scenario: Scenario, on_record: Callable[[RequestRecord], None] | None
+        self,
+        send: SendFn,
+        scenario: Scenario,
+        on_record: Callable[[RequestRecord], None] | None,
+        halt: asyncio.Event | None = None,
     ) -> None:
         self.send = send
         self.scenario = scenario
         self.on_record = on_record
         self.records: list[RequestRecord] = []
         self.measured: list[RequestRecord] = []
-        self.stop = False
+        self._stop = False
+        self._halt = halt
         self.expired = False
-        self.next_check = scenario.min_requests
+        self.adaptive = AdaptiveStop(scenario)
+        self.lag = LagSampler()
         self.queue: asyncio.Queue[Finished | None] = asyncio.Queue()
+
+    @property
+    def stop(self) -> bool:
+        """Issue nothing more: precise enough here, or told so from outside."""
+        return self._stop or (self._halt is not None and self._halt.is_set())
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        self._stop = value
 
     async def parser(self) -> None:
         while (item := await self.queue.get()) is not None:
@@ -148,13 +222,8 @@ class _Run:
         if rec.warmup:
             return
         self.measured.append(rec)
-        sc = self.scenario
-        n = len(self.measured)
-        # Re-check at a growing stride: each check sorts all samples so far.
-        if sc.adaptive and not self.stop and n >= self.next_check:
-            self.next_check = n + max(1, n // 20)
-            if precision_reached(self.measured, sc.target_rel_ci):
-                self.stop = True
+        if not self.stop and self.adaptive.reached(self.measured):
+            self.stop = True
 
     async def closed(self, first: int, count: int, concurrency: int, warmup: bool) -> None:
         next_index = first
@@ -165,7 +234,9 @@ class _Run:
             while next_index < end and not (self.stop and not warmup):
                 i = next_index
                 next_index += 1
-                self.queue.put_nowait(await self.send(i, _now()))
+                finished = await self.send(i, _now())
+                self.lag.probe(finished)
+                self.queue.put_nowait(finished)
 
         await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
 
@@ -188,19 +259,20 @@ class _Run:
         n_conversations = -(-count // turns)
         await asyncio.gather(*(worker() for _ in range(min(concurrency, n_conversations))))
 
-    async def opened(self, first: int) -> None:
+    async def opened(self, first: int, offsets: Sequence[int], start: int) -> None:
         sc = self.scenario
-        slots = asyncio.Semaphore(sc.concurrency)
+        slots = asyncio.Semaphore(max(1, sc.concurrency))
         tasks: set[asyncio.Task[None]] = set()
 
         async def one(i: int, due: int) -> None:
             try:
-                self.queue.put_nowait(await self.send(i, due))
+                finished = await self.send(i, due)
+                self.lag.probe(finished)
+                self.queue.put_nowait(finished)
             finally:
                 slots.release()
 
-        start = _now()
-        for k, offset in enumerate(arrival_offsets_ns(sc)):
+        for k, offset in enumerate(offsets):
             if self.stop:
                 break
             due = start + offset
@@ -222,21 +294,33 @@ async def run_load(
     send: SendFn,
     scenario: Scenario,
     on_record: Callable[[RequestRecord], None] | None = None,
-    on_measured: Callable[[], None] | None = None,
+    on_measured: Callable[[], object] | None = None,
+    *,
+    connect: ConnectFn | None = None,
+    arrivals_ns: Sequence[int] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> LoadResult:
     """Run warm-up then the measured requests; indices ``0..warmup-1`` are warm-up.
 
-    ``on_measured`` is called once, between the two, so telemetry can cover
-    exactly the measured window.
+    ``connect(streams)`` runs after warm-up; ``on_measured`` is called once,
+    after it, so telemetry can cover exactly the measured window. When
+    ``on_measured`` returns an awaitable it is awaited, and an ``int`` it
+    yields is the start of the arrival schedule (``perf_counter_ns``), which
+    several workers share. ``arrivals_ns`` replaces the schedule a rate gives
+    (a worker's part of the run's one schedule); ``stop`` ends the run early
+    when set, as adaptive stopping does.
     """
-    run = _Run(send, scenario, on_record)
+    run = _Run(send, scenario, on_record, stop)
     if scenario.warmup > 0:
         await run.closed(0, scenario.warmup, max(1, min(scenario.concurrency, scenario.warmup)), True)
         await run.drain()
-    if on_measured is not None:
-        on_measured()
+    if connect is not None:
+        await connect(max(1, scenario.concurrency))
+    started: object = on_measured() if on_measured is not None else None
+    if inspect.isawaitable(started):
+        started = await started
     parser = asyncio.create_task(run.parser())
-    sampler = LagSampler()
+    sampler = run.lag
     sampler.start()
     deadline = (
         asyncio.get_running_loop().call_later(scenario.duration_s, run.expire)
@@ -244,12 +328,14 @@ async def run_load(
         else None
     )
     try:
-        if scenario.rate is None and scenario.turns > 1:
+        if scenario.rate is None and arrivals_ns is None and scenario.turns > 1:
             await run.conversations(scenario.warmup, scenario.requests, scenario.turns, scenario.concurrency)
-        elif scenario.rate is None:
+        elif scenario.rate is None and arrivals_ns is None:
             await run.closed(scenario.warmup, scenario.requests, max(1, scenario.concurrency), False)
         else:
-            await run.opened(scenario.warmup)
+            offsets = arrivals_ns if arrivals_ns is not None else arrival_offsets_ns(scenario)
+            start = started if isinstance(started, int) else _now()
+            await run.opened(scenario.warmup, offsets, start)
     finally:
         if deadline is not None:
             deadline.cancel()
@@ -257,4 +343,9 @@ async def run_load(
         run.queue.put_nowait(None)
         await parser
     stopped_early = run.stop and not run.expired and len(run.measured) < scenario.requests
-    return LoadResult(records=tuple(run.records), loop_lag_ms=lag, stopped_early=stopped_early)
+    return LoadResult(
+        records=tuple(run.records),
+        loop_lag_ms=lag,
+        stopped_early=stopped_early,
+        lag_samples_ms=sampler.samples_ms(),
+    )

@@ -2,27 +2,36 @@
 
 ``measure`` is the single call the plugin makes. It builds the prompts
 (control plane, before any clock starts), runs the load on its own event
-loop (uvloop when importable), hands every finished record to ``on_record``
-as it finishes, summarizes, and says why the measurement cannot be trusted
-when that is so (``RunResult.invalid``):
+loop (uvloop when importable) in this process, or over client worker
+processes (``ClientSettings.workers``, see ``workers``), hands every finished
+record to ``on_record`` as it finishes, summarizes, and says why the
+measurement cannot be trusted when that is so (``RunResult.invalid``):
 
 * more than 5% of completed requests returned another output length than
   asked (or no usage to check it by), so per-token figures compare unlike
   runs;
-* the client fell behind: event-loop lag p99 above ``LAG_LIMIT_MS``.
+* the client fell behind: event-loop lag p99 above ``LAG_LIMIT_MS`` (over
+  every worker's samples).
 
-A server that dies mid-run yields error records and a normal return. This
-module must not write files or print; the plugin does that with the records.
+``RunResult.extra["client"]`` says how the client ran: workers, connections
+opened and requests sent again, and the CPU of every client process over the
+measured phase (``client.ClientReport``). A server that dies mid-run yields
+error records and a normal return. This module must not write files or
+print; the plugin does that with the records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
+import os
 import secrets
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pytest_llmperf.measure import client, loadgen, prompts
@@ -31,6 +40,22 @@ from pytest_llmperf.measure.stats import summarize
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario, Summary
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """How the client runs a measurement.
+
+    ``workers`` processes share the streams (1: this process, as fast as it
+    ever was); ``keep_alive=False`` opens a connection per request; ``cores``
+    are the CPUs the client may use (the measuring thread, or worker k on
+    ``cores[k % len(cores)]``), ``None`` for wherever the OS schedules it.
+    """
+
+    workers: int = 1
+    keep_alive: bool = True
+    cores: tuple[int, ...] | None = None
+
 
 OUTPUT_MISS_LIMIT = 0.05
 LAG_LIMIT_MS = 10.0
@@ -98,7 +123,7 @@ def invalid_reasons(
 
 
 def prepare_requests(
-    target: Target, scenario: Scenario, prompt_salt: str = ""
+    target: Target, scenario: Scenario, prompt_salt: str = "", *, keep_alive: bool = True
 ) -> tuple[list[client.Prepared], bool]:
     """Build every request of ``scenario`` (warm-up first), ready to send.
 
@@ -118,6 +143,7 @@ def prepare_requests(
             input_tokens=scenario.input_tokens,
             max_tokens=scenario.output_tokens,
             warmup=i < scenario.warmup,
+            keep_alive=keep_alive,
         )
         for i, p in enumerate(built)
     ]
@@ -129,21 +155,94 @@ def run_prepared(
     scenario: Scenario,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
+    settings: ClientSettings | None = None,
 ) -> loadgen.LoadResult:
-    """Run the load for requests already built (warm-up ones first) on a fresh loop."""
+    """Run the load for requests already built (warm-up ones first); ``LoadResult.client`` says how."""
+    settings = settings or ClientSettings()
+    if settings.workers > 1 and scenario.concurrency > 1:
+        from pytest_llmperf.measure import workers
 
-    async def send(index: int, scheduled_ns: int) -> client.Exchange:
-        return await client.exchange(prepared[index], scheduled_ns=scheduled_ns, timeout_s=scenario.timeout_s)
+        pool = workers.pool(settings.workers)
+        pool.pin(settings.cores)
+        try:
+            load = pool.run(
+                prepared,
+                scenario,
+                keep_alive=settings.keep_alive,
+                on_record=on_record,
+                on_measured=on_measured,
+            )
+        except BaseException:
+            workers.close_pool()  # an interrupted or broken run: its workers may still be sending
+            raise
+        assert load.client is not None
+        return dataclasses.replace(load, client=dataclasses.replace(load.client, cores=settings.cores))
+    return _run_here(prepared, scenario, on_record, on_measured, settings)
+
+
+def _run_here(
+    prepared: Sequence[client.Prepared],
+    scenario: Scenario,
+    on_record: Callable[[RequestRecord], None] | None,
+    on_measured: Callable[[], None] | None,
+    settings: ClientSettings,
+) -> loadgen.LoadResult:
+    """The load on one event loop in this process."""
+    cpu_from: list[float] = []
+
+    def measured() -> None:
+        if on_measured is not None:
+            on_measured()
+        cpu_from.append(time.process_time())  # every thread of this process: loop, parser, telemetry
+
+    async def run() -> loadgen.LoadResult:
+        connections = client.Connections(keep_alive=settings.keep_alive)
+
+        async def send(index: int, scheduled_ns: int) -> client.Exchange:
+            req = prepared[index]
+            return await connections.exchange(req, scheduled_ns=scheduled_ns, timeout_s=scenario.timeout_s)
+
+        async def connect(streams: int) -> None:
+            if prepared:
+                await connections.preconnect(prepared[-1], streams, scenario.timeout_s)
+
+        with _pinned(settings.cores):
+            try:
+                load = await loadgen.run_load(send, scenario, on_record, measured, connect=connect)
+            finally:
+                connections.close()
+        cpu_s = time.process_time() - cpu_from[0] if cpu_from else None
+        report = client.ClientReport(1, settings.keep_alive, connections.stats, cpu_s, settings.cores)
+        return dataclasses.replace(load, client=report)
 
     # The collector would pause the loop mid-stream (tens of thousands of
     # small tuples per run); nothing here forms cycles, so it can wait.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(loadgen.run_load(send, scenario, on_record, on_measured))
+        return _run(run())
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def _pinned(cores: tuple[int, ...] | None) -> Iterator[None]:
+    """Keep the calling thread (the measuring loop; threads it starts inherit it) on ``cores``."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, set(cores))
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, before)
 
 
 def measure(
@@ -155,6 +254,7 @@ def measure(
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
     prompt_salt: str = "",
+    client_settings: ClientSettings | None = None,
 ) -> RunResult:
     """Measure ``scenario`` against ``target`` and return every record and the summary.
 
@@ -162,8 +262,9 @@ def measure(
     is called once when warm-up is over and the measured requests begin.
     ``prompt_salt`` keys the prompts' RNG (see ``prompts.build_prompts``).
     """
-    prepared, checked = prepare_requests(target, scenario, prompt_salt)
-    load = run_prepared(prepared, scenario, on_record, on_measured)
+    settings = client_settings or ClientSettings()
+    prepared, checked = prepare_requests(target, scenario, prompt_salt, keep_alive=settings.keep_alive)
+    load = run_prepared(prepared, scenario, on_record, on_measured, settings)
     summary = summarize(load.records, scenario)
     first_error = next((r.error for r in load.records if not r.warmup and r.error), None)
     summary = dataclasses.replace(summary, first_error=first_error)
@@ -173,6 +274,9 @@ def measure(
         "prompt_tokens_checked": checked,
         "lag_limit_ms": LAG_LIMIT_MS,
     }
+    if load.client is not None:
+        tokens = sum(r.output_tokens or 0 for r in load.records if not r.warmup and r.ok)
+        extra["client"] = load.client.as_json(tokens)
     return RunResult(
         model=model,
         backend=backend,

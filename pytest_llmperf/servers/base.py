@@ -3,8 +3,10 @@
 A backend turns a model name into a running ``Server``: a base URL, the
 request shape the engine honours (``Capabilities``) and a way to stop it.
 ``ManagedProcess`` owns the subprocess lifecycle shared by every backend we
-start ourselves: its own process group, a log file, a health wait that fails
-fast when the process exits, and a stop that signals the whole group.
+start ourselves: its own process group, a log file, the cores it may run on
+(``LaunchRequest.cpu_cores``, from ``servers.pinning``; children inherit
+them), a health wait that fails fast when the process exits, and a stop that
+signals the whole group.
 
 This module must not know any particular engine, and must never stop a
 process by name: only by the PID and process group it started.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -60,6 +63,8 @@ class LaunchRequest:
     executable: str | None = None
     extra_args: tuple[str, ...] = ()
     options: Mapping[str, str] = field(default_factory=dict)
+    cpu_cores: tuple[int, ...] | None = None
+    """Cores the server may run on (``None``: any); a CPU backend sizes its threads to them."""
 
 
 class Backend(Protocol):
@@ -210,13 +215,16 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _die_with_parent() -> None:
-    """Child-side: new process group, and SIGTERM if pytest itself is killed."""
+def _die_with_parent(cpu_cores: Sequence[int] | None = None) -> None:
+    """Child-side: new process group, SIGTERM if pytest itself is killed, and its cores."""
     os.setsid()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if cpu_cores:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, set(cpu_cores))  # threads and child processes inherit it
 
 
 def http_status(url: str, timeout_s: float = 2.0, headers: Mapping[str, str] | None = None) -> int | None:
@@ -243,8 +251,10 @@ class ManagedProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stop_grace_s: float = 10.0,
+        cpu_cores: Sequence[int] | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.cpu_cores = tuple(cpu_cores) if cpu_cores else None
         self.log_path = log_path
         self.stop_grace_s = stop_grace_s
         self.healthy_after_s: float | None = None
@@ -262,7 +272,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=cwd,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - setsid + pdeathsig only
+            preexec_fn=functools.partial(_die_with_parent, self.cpu_cores),  # noqa: PLW1509 - setsid, pdeathsig, cores
         )
 
     @property

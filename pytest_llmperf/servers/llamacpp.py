@@ -122,7 +122,9 @@ class LlamaCppBackend:
         slots = max(1, request.max_concurrency)
         # -c is shared by the slots: give each one the longest case plus headroom.
         per_slot = min(spec.context or request.max_context + 64, request.max_context + 64)
-        threads = request.options.get("threads") or str(os.cpu_count() or 2)
+        # Pinned to cores of its own (servers.pinning): one thread per core it has.
+        cores = request.cpu_cores
+        threads = request.options.get("threads") or str(len(cores) if cores else os.cpu_count() or 2)
         for attempt in (1, 2):
             port = free_port()
             argv = [
@@ -136,7 +138,7 @@ class LlamaCppBackend:
             # An ad-hoc GGUF's model name is its path: flatten it, as vllm.py does for "org/name",
             # or the log lands in directories nested under log_dir.
             log_path = request.log_dir / f"llama-server-{spec.name.replace('/', '_')}-{port}.log"
-            process = ManagedProcess(argv, log_path=log_path, env=server_env())
+            process = ManagedProcess(argv, log_path=log_path, env=server_env(), cpu_cores=cores)
             base_url = f"http://127.0.0.1:{port}"
             try:
                 process.wait_healthy(

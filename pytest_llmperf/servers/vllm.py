@@ -178,6 +178,13 @@ def plan(
         argv += [flag, value]
     argv += list(request.extra_args)
     env = _environment(options, cache_dir, on_gpu=on_gpu, local_model=Path(model_id).is_dir())
+    if not on_gpu and request.cpu_cores and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+        # Its OpenMP threads on the server's cores, one per core; the user's own binding wins.
+        world = int_option(options, "tensor_parallel_size", 1) * int_option(
+            options, "pipeline_parallel_size", 1
+        )
+        if world == 1:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in request.cpu_cores)
     return VllmPlan(
         argv=tuple(argv),
         env=env,
@@ -285,7 +292,8 @@ class VllmBackend:
         log_path = request.log_dir / f"vllm-{request.model.name.replace('/', '_')}-{port}.log"
         where = "GPU" if p.on_gpu else "CPU"
         self.progress(f"starting vLLM for {request.model.name} on {where} (often 1-2 min); log {log_path}")
-        process = ManagedProcess(p.argv, log_path=log_path, env=p.env)
+        cores = None if p.on_gpu else request.cpu_cores
+        process = ManagedProcess(p.argv, log_path=log_path, env=p.env, cpu_cores=cores)
         base_url = f"http://127.0.0.1:{port}"
         try:
             process.wait_healthy(

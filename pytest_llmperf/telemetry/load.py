@@ -6,7 +6,8 @@ not itself: on a 2-core machine llama-server's TPOT went from ~22 ms to
 splits the host's CPU time over the measured window into
 
 * ``server_cores``: the server's process tree (what ``host.PsutilTreeReader`` reads),
-* ``client_cores``: this process (the measuring event loop, the sampler thread),
+* ``client_cores``: this process (the measuring event loop, the sampler thread)
+  and the client's worker processes, where it runs some,
 * ``steal_cores``: time the hypervisor gave to another VM (``steal`` in ``/proc/stat``),
 * ``others_cores``: everything else that ran, ``busy - steal - server - client``,
 * ``idle_cores``: what nobody used,
@@ -22,7 +23,7 @@ could not read as absent, never as zero. It must not sleep, and reads only.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -68,19 +69,46 @@ class ClientReader(Protocol):
 
 
 class PsutilClientReader:
-    """CPU of this process (every thread, not its children): the measuring client."""
+    """CPU of this process (every thread, not its children) and of ``extra_pids()``: the client.
 
-    def __init__(self, pid: int | None = None) -> None:
+    ``extra_pids`` names the client's worker processes (``measure.workers``);
+    each counts from the first reading that sees it, and one that exits takes
+    its last partial interval with it.
+    """
+
+    def __init__(self, pid: int | None = None, extra_pids: Callable[[], Iterable[int]] | None = None) -> None:
         self._proc = psutil.Process(pid if pid is not None else os.getpid())
-        self._last: tuple[float, float] | None = None
+        self._extra = extra_pids
+        self._procs: dict[int, psutil.Process] = {self._proc.pid: self._proc}
+        self._last: tuple[float, dict[int, float]] | None = None
+
+    def _cpu(self) -> dict[int, float]:
+        if self._extra is not None:
+            for pid in self._extra():
+                if pid not in self._procs:
+                    try:
+                        self._procs[pid] = psutil.Process(pid)
+                    except psutil.Error:
+                        continue
+        used: dict[int, float] = {}
+        for pid, proc in list(self._procs.items()):
+            try:
+                times = proc.cpu_times()
+            except psutil.Error:
+                if pid == self._proc.pid:
+                    raise
+                del self._procs[pid]  # a worker that exited
+                continue
+            used[pid] = times.user + times.system
+        return used
 
     def read(self, now_s: float) -> float | None:
-        times = self._proc.cpu_times()
-        used = times.user + times.system
+        used = self._cpu()
         last, self._last = self._last, (now_s, used)
         if last is None or now_s <= last[0]:
             return None
-        return max(used - last[1], 0.0) / (now_s - last[0])
+        spent = sum(max(cpu - last[1][pid], 0.0) for pid, cpu in used.items() if pid in last[1])
+        return spent / (now_s - last[0])
 
 
 def _read_int(path: Path) -> int | None:

@@ -21,7 +21,10 @@ across processes on Linux), optionally of every write, and optionally the
 prompt text (``--log-prompts``). Faults (``--fault``) make it misbehave on
 purpose for reliability tests; ``http401``, ``http429`` and ``http503`` answer
 every *streamed* generation request with that status and OpenAI's error body
-(non-streamed probes are served, as a rate-limited endpoint serves some).
+(non-streamed probes are served, as a rate-limited endpoint serves some);
+``drop-reused`` closes a kept-alive connection, unanswered, when a second
+request arrives on it. ``--max-requests-per-connection N`` closes each
+connection after N answers, the last saying ``Connection: close``.
 ``--api-key-env VAR`` makes ``/v1/*`` answer 401 without ``Authorization:
 Bearer $VAR``, as vLLM's ``--api-key`` does; ``--basic-auth-env VAR`` (VAR
 holding ``user:password``) wants HTTP basic auth instead, as a server behind a
@@ -72,6 +75,7 @@ FAULTS = (
     "slow",
     "ignore-max-tokens",
     "early-eos",
+    "drop-reused",
     *wf.HTTP_FAULTS,
 )
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -108,6 +112,7 @@ class Config:
         self.itl_growth_s: float = ns.itl_growth_ms / 1000.0
         # Token times depend on the batch as it is then: computed token by token, not up front.
         self.batched: bool = self.max_batch > 0 or self.itl_growth_s > 0
+        self.max_requests_per_connection: int = max(0, ns.max_requests_per_connection)
         if ns.fault:
             if ns.fault.startswith("die-after="):
                 self.die_after = int(ns.fault.split("=", 1)[1])
@@ -192,6 +197,7 @@ class Generation:
         self.token_ns: list[int] = []
         self.handle: asyncio.TimerHandle | None = None
         self.done = False
+        self.logged = False
         rng = random.Random(cfg.seed * 1_000_003 + self.seq) if cfg.jitter_s > 0 else None
         self.rng = rng
         itl = cfg.slow_itl_s if self.fault == "slow" else cfg.itl_s
@@ -287,6 +293,8 @@ class Generation:
             st.observe_ttft((now - self.recv_ns) / 1e9)
         if st.cfg.stamp_tokens:
             self.token_ns.append(now)
+        if final:
+            self.log()  # before the last bytes leave: a client that reads the log then finds the entry
         self.conn.write_chunks(parts, last=final)
         if self.fault == "truncate" and self.sent >= self.n // 2:
             self.conn.transport.close()  # no [DONE], no closing chunk
@@ -312,6 +320,21 @@ class Generation:
             st.admit_waiting()
         elif st.cfg.batched and self in st.waiting:
             st.waiting.remove(self)
+        self.log(aborted)
+        if not aborted:
+            st.finished += 1
+            if st.cfg.die_after is not None and st.finished >= st.cfg.die_after:
+                if st.log is not None:
+                    st.log.flush()
+                print(f"detserver: --fault die-after={st.cfg.die_after} reached, exiting", flush=True)
+                os._exit(3)
+
+    def log(self, aborted: bool = False) -> None:
+        """Append this request's stamps to the stamp log, once."""
+        st = self.conn.state
+        if self.logged:
+            return
+        self.logged = True
         if st.log is not None and (self.first_ns or aborted):
             entry: dict[str, Any] = {
                 "id": self.request_id,
@@ -329,13 +352,6 @@ class Generation:
             if st.cfg.stamp_tokens:
                 entry["token_ns"] = self.token_ns
             st.log.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        if not aborted:
-            st.finished += 1
-            if st.cfg.die_after is not None and st.finished >= st.cfg.die_after:
-                if st.log is not None:
-                    st.log.flush()
-                print(f"detserver: --fault die-after={st.cfg.die_after} reached, exiting", flush=True)
-                os._exit(3)
 
 
 class Connection(asyncio.Protocol):
@@ -348,6 +364,7 @@ class Connection(asyncio.Protocol):
         self.busy: Generation | bool = False
         self.close_after = False
         self.go = False  # answer in Go's header style (Ollama paths)
+        self.served = 0  # requests answered on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -380,6 +397,14 @@ class Connection(asyncio.Protocol):
         method, _, rest = lines[0].partition(" ")
         path = rest.split(" ", 1)[0].split("?", 1)[0]
         self.close_after = headers.get("connection", "").lower() == "close"
+        self.served += 1
+        limit = self.state.cfg.max_requests_per_connection
+        if limit and self.served >= limit:
+            self.close_after = True  # says Connection: close and closes after this answer
+        if self.state.cfg.fault == "drop-reused" and self.served > 1:
+            # A kept-alive connection closed just as a request went out on it: no answer at all.
+            self.transport.close()
+            return
         self.go = path.startswith("/api/")
         self.busy = True
         self._route(method, path, headers, body, recv_ns)
@@ -429,6 +454,8 @@ class Connection(asyncio.Protocol):
             self._done()
 
     def respond(self, status: int, body: bytes, ctype: str, done: Generation | None = None) -> None:
+        if done is not None:
+            done.log()
         self.transport.write(
             wf.head(status, ctype, self.state.date(), len(body), close=self.close_after, go=self.go) + body
         )
@@ -486,6 +513,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="each token's gap grows by this much per other request generating (batched mode)",
+    )
+    p.add_argument(
+        "--max-requests-per-connection",
+        type=int,
+        default=0,
+        help="answer N requests on a kept-alive connection, the last with Connection: close (0: no limit)",
     )
     return p.parse_args(argv)
 

@@ -158,7 +158,7 @@ def test_headers_are_sent_but_never_kept(det: DetServer) -> None:
     prepared = client.prepare(target, PROMPT, request_id="h", scenario="t", input_tokens=6, max_tokens=2)
     assert b"Authorization: Bearer sekrit\r\n" in prepared.payload
     assert b"x-request-id: h\r\n" in prepared.payload
-    assert b"Connection: close\r\n" in prepared.payload
+    assert b"Connection: keep-alive\r\n" in prepared.payload
     assert "sekrit" not in repr(target)
     assert "sekrit" not in repr(prepared)
     r = send(target, request_id="h", max_tokens=2)
@@ -201,3 +201,149 @@ def test_a_concurrency_this_process_cannot_hold_is_named(tmp_path: Path) -> None
     ports.write_text("32768\t60999\n")
     assert client.local_port_count(str(ports)) == 28232
     assert client.local_port_count(str(tmp_path / "missing")) is None
+
+
+# -- keep-alive connections -----------------------------------------------------------------------
+
+
+def exchanges(
+    target: Target, count: int, *, keep_alive: bool = True, max_tokens: int = 4
+) -> tuple[list[RequestRecord], client.Connections]:
+    """``count`` requests one after another on one run's connections."""
+    connections = client.Connections(keep_alive=keep_alive)
+
+    async def run() -> list[RequestRecord]:
+        out = []
+        for i in range(count):
+            req = client.prepare(
+                target, PROMPT, request_id=f"ka-{keep_alive}-{i}", scenario="t", input_tokens=6,
+                max_tokens=max_tokens, keep_alive=keep_alive,
+            )  # fmt: skip
+            ex = await connections.exchange(req, scheduled_ns=time.perf_counter_ns(), timeout_s=30)
+            out.append(ex.record())
+        connections.close()
+        return out
+
+    return asyncio.run(run()), connections
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_stream_reuses_one_connection(det: DetServer, api: Api) -> None:
+    records, connections = exchanges(det.target(api), 3)
+    assert [r.error for r in records] == [None, None, None]
+    assert [r.output_tokens for r in records] == [4, 4, 4]
+    assert connections.opened == 1  # every request after the first went on the same connection
+    assert connections.retries == 0
+    stamps = det.stamps()
+    for r in records:
+        s = stamps[r.request_id]
+        assert r.sent_ns <= s["recv_ns"] <= s["first_ns"] <= r.chunk_ns[0]  # TTFT is this request's only
+
+
+def test_per_request_connections_are_opened_and_closed_each_time(det: DetServer) -> None:
+    records, connections = exchanges(det.target("completions"), 3, keep_alive=False)
+    assert all(r.ok for r in records)
+    assert connections.opened == 3
+    req = client.prepare(det.target(), PROMPT, request_id="x", scenario="t", input_tokens=6, max_tokens=2,
+                         keep_alive=False)  # fmt: skip
+    assert b"Connection: close\r\n" in req.payload
+
+
+def test_a_connection_the_server_says_it_will_close_is_not_reused(tmp_path: Path) -> None:
+    args = ["--max-requests-per-connection", "2"]
+    with running_detserver(tmp_path, ttft_ms=5, itl_ms=1, args=args) as server:
+        records, connections = exchanges(server.target("completions"), 5)
+    assert all(r.ok for r in records)
+    assert connections.opened == 3  # requests 1-2, 3-4 and 5, as the server said
+    assert connections.retries == 0
+
+
+def test_a_request_lost_on_a_closing_connection_goes_again_and_is_counted(tmp_path: Path) -> None:
+    with running_detserver(tmp_path, ttft_ms=20, itl_ms=1, fault="drop-reused") as server:
+        records, connections = exchanges(server.target("completions"), 3)
+        stamps = server.stamps()
+    assert [r.error for r in records] == [None, None, None]
+    assert connections.retries == 2  # requests 2 and 3 each met a connection closed under them
+    assert connections.opened == 3
+    assert len(stamps) == 3  # the lost attempts never reached a generation: each request ran once
+    for r in records:
+        s = stamps[r.request_id]
+        # TTFT counts from the send the server answered; the lost attempt is before sent_ns.
+        assert r.scheduled_ns <= r.sent_ns <= s["recv_ns"] <= s["first_ns"] <= r.chunk_ns[0]
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def feed(pieces: list[bytes]) -> tuple[list[bool], client.Stream]:
+    """Feed ``pieces`` to a connection's protocol one read at a time; whether it had ended after each."""
+
+    async def run() -> tuple[list[bool], client.Stream]:
+        proto = client.Stream()
+        proto.connection_made(FakeTransport())  # type: ignore[arg-type]
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        proto.begin(done)
+        ended = []
+        for piece in pieces:
+            proto.data_received(piece)
+            ended.append(done.done())
+        return ended, proto
+
+    return asyncio.run(run())
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+EVENT = b'data: {"choices":[{"text":" a"}]}\n\n'
+CHUNK = b"%x\r\n%b\r\n" % (len(EVENT), EVENT)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "ends_at"),
+    [
+        ([HEAD, CHUNK, CHUNK + b"0\r\n\r\n"], 2),
+        ([HEAD + CHUNK, CHUNK, b"0\r\n\r\n"], 2),
+        ([HEAD, CHUNK, b"0\r\n", b"\r\n"], 3),  # the terminator split over two reads
+        ([HEAD, CHUNK, b"0\r", b"\n\r\n"], 3),
+        ([HEAD, CHUNK[:10], CHUNK[10:], b"0\r\nx-trailer: 1\r\n\r\n"], 3),  # a trailer after the last chunk
+        ([HEAD[:20], HEAD[20:] + CHUNK + b"0\r\n\r\n"], 1),  # the head split over two reads
+    ],
+)
+def test_the_end_of_a_chunked_response_is_found_in_any_split(pieces: list[bytes], ends_at: int) -> None:
+    ended, proto = feed(pieces)
+    assert ended == [i >= ends_at for i in range(len(pieces))]
+    assert proto.complete
+    assert proto.keep
+    assert proto.end_ns == proto.reads[ends_at][0]  # the end is stamped with the read that ended it
+
+
+def test_events_ending_in_crlf_do_not_end_the_response_early() -> None:
+    crlf = b'data: {"choices":[{"text":" a"}]}\r\n\r\n'
+    chunk = b"%x\r\n%b\r\n" % (len(crlf), crlf)
+    ended, _ = feed([HEAD, chunk, chunk, chunk, b"0\r\n\r\n"])
+    assert ended == [False, False, False, False, True]
+
+
+def test_content_length_and_connection_close_responses() -> None:
+    body = b'{"error":{"message":"slow down"}}'
+    head = b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: %d\r\n\r\n" % len(body)
+    ended, proto = feed([head + body[:5], body[5:]])
+    assert ended == [False, True]
+    assert proto.keep
+    closing = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    ended, proto = feed([closing])
+    assert ended == [True]
+    assert not proto.keep  # the server said it closes: not reused
+    ended, proto = feed([b"HTTP/1.0 200 OK\r\n\r\nno length", b" at all"])
+    assert ended == [False, False]  # read to EOF
+    assert not proto.keep

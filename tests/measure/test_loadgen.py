@@ -236,3 +236,81 @@ def test_measure_from_inside_a_running_loop(tmp_path: Path) -> None:
 
     with running_detserver(tmp_path, ttft_ms=2, itl_ms=1) as server:
         assert asyncio.run(caller(server.target())) == 2
+
+
+def test_connections_open_after_warmup_and_before_the_measured_phase() -> None:
+    fake = FakeServer(warmups=2)
+    events: list[tuple[str, int]] = []
+
+    async def send(index: int, scheduled_ns: int) -> Done:
+        events.append(("send", index))
+        return await fake.send(index, scheduled_ns)
+
+    async def connect(streams: int) -> None:
+        events.append(("connect", streams))
+
+    sc = Scenario(input_tokens=8, output_tokens=3, concurrency=3, requests=6, warmup=2)
+    asyncio.run(run_load(send, sc, on_measured=lambda: events.append(("measured", 0)), connect=connect))
+    assert sorted(events[:2]) == [("send", 0), ("send", 1)]
+    assert events[2:4] == [("connect", 3), ("measured", 0)]
+    assert sorted(events[4:]) == [("send", i) for i in range(2, 8)]
+
+
+def test_a_stop_from_outside_ends_the_run() -> None:
+    fake = FakeServer()
+    sc = Scenario(input_tokens=8, output_tokens=3, concurrency=2, requests=50, warmup=0)
+
+    async def run() -> loadgen.LoadResult:
+        halt = asyncio.Event()
+
+        def seen(rec: RequestRecord) -> None:
+            if rec.request_id == "r4":
+                halt.set()
+
+        return await run_load(fake.send, sc, on_record=seen, stop=halt)
+
+    result = asyncio.run(run())
+    assert 5 <= len(result.records) < 5 + 2 * sc.concurrency
+    assert result.stopped_early
+
+
+def test_a_shared_arrival_schedule_starts_where_on_measured_says() -> None:
+    fake = FakeServer()
+    sc = Scenario(input_tokens=8, output_tokens=3, concurrency=4, requests=3, warmup=0, rate=1.0)
+    offsets = [0, 1_000_000, 3_000_000]  # this worker's part of a schedule, not the rate's own
+
+    async def run() -> tuple[loadgen.LoadResult, int]:
+        start = time.perf_counter_ns() + 5_000_000
+
+        async def measured() -> int:
+            return start
+
+        return await run_load(fake.send, sc, on_measured=measured, arrivals_ns=offsets), start
+
+    result, start = asyncio.run(run())
+    assert sorted(r.scheduled_ns - start for r in result.records) == offsets
+    assert all(r.sent_ns >= r.scheduled_ns for r in result.records)
+
+
+@dataclass(frozen=True)
+class Ended:
+    rec: RequestRecord
+    eof_ns: int
+
+    def record(self) -> RequestRecord:
+        return self.rec
+
+
+def test_every_finished_request_is_a_free_lag_probe() -> None:
+    fake = FakeServer()
+    sc = Scenario(input_tokens=8, output_tokens=3, concurrency=1, requests=5, warmup=0)
+
+    async def send(index: int, scheduled_ns: int) -> Ended:
+        done = await fake.send(index, scheduled_ns)
+        return Ended(done.rec, time.perf_counter_ns() - 3_000_000)  # its last read, 3 ms before it resumed
+
+    result = asyncio.run(run_load(send, sc))
+    probes = [v for v in result.lag_samples_ms if v >= 3.0]
+    assert len(probes) == 5  # no timer tick in so short a run could be 3 ms late on an idle loop
+    assert result.loop_lag_ms is not None
+    assert result.loop_lag_ms.count == len(result.lag_samples_ms)

@@ -330,7 +330,7 @@ import os, signal
 from pytest_llmperf.measure import client
 
 reads = 0
-original = client._Stream.data_received
+original = client.Stream.data_received
 
 def data_received(self, data):
     # SIGTERM arrives while a response is being read, so its handler runs inside this
@@ -341,7 +341,7 @@ def data_received(self, data):
         os.kill(os.getpid(), signal.SIGTERM)
     original(self, data)
 
-client._Stream.data_received = data_received
+client.Stream.data_received = data_received
 """
 
 

@@ -206,3 +206,16 @@ def test_a_new_model_is_served_by_the_first_backend_it_names() -> None:
 def test_bad_override_tables_say_where_and_what(tables: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         registry_with_overrides(tables)
+
+
+def test_a_model_can_name_the_endpoint_that_serves_it() -> None:
+    merged = registry_with_overrides(
+        {"det": {"base_url": "http://127.0.0.1:8000"}, "gemma3-270m": {"base_url": "http://h:1"}}
+    )
+    assert merged["det"] == ModelSpec(name="det", default_backend="openai", base_url="http://127.0.0.1:8000")
+    assert merged["gemma3-270m"].default_backend == "llamacpp"  # a known model keeps its backend
+    with pytest.raises(ConfigError) as info:
+        registry_with_overrides({"det": {"base_url": "127.0.0.1:8000"}})
+    assert str(info.value) == (
+        '[tool.llmperf.models.det]: base_url must start with http:// or https://, e.g. "http://127.0.0.1:8000"'
+    )
