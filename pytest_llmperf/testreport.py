@@ -146,8 +146,12 @@ class TestReports:
         outcome: Literal["passed", "failed", "skipped"] = report.outcome
         reason = self._reason(call, report) if outcome != "passed" else ""
         state.phases.append(Phase(when, outcome, reason, verdict=when == "call" and state.enforced))
-        if when == "call" and report.failed and any(c.outcome.kind == "invalid" for c in state.cases):
-            report.llmperf_invalid = True  # type: ignore[attr-defined]
+        if when == "call" and report.failed:
+            # pytest's word for the test is the outcome every artifact gets: "invalid" only when
+            # the invalid verdict is why it failed, not when the run failed in another way too.
+            measured = state.cases[-1].outcome if state.cases else None
+            if final_outcome(measured, state.phases).kind == "invalid":
+                report.llmperf_invalid = True  # type: ignore[attr-defined]
         if when == "teardown":
             self._finish(item, report, state)
 

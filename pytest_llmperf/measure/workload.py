@@ -267,7 +267,7 @@ def measure(
             dataclasses.replace(summary, output_length_misses=0),
             load.records,
             scenario,
-            lag.p99 if lag else None,
+            load.lag_samples_ms,
         )
     )
     done = [r for r in load.records if r.ok and not r.warmup]

@@ -177,6 +177,22 @@ def test_saturated_client_makes_the_run_invalid(monkeypatch: pytest.MonkeyPatch,
     )
 
 
+@pytest.mark.parametrize(
+    ("late", "saturated"),
+    [((), False), ((10.1,), False), ((10.1, 12.0), True)],
+    ids=["quiet", "one-stall", "late-again"],
+)
+def test_one_stall_is_not_a_saturated_client(late: tuple[float, ...], saturated: bool) -> None:
+    # 30 quiet samples: the p99 of a short run is its largest sample, so one stall alone reaches it.
+    samples = (0.5,) * 30 + late
+    sc = Scenario(input_tokens=8, output_tokens=8, requests=2, warmup=0)
+    summary = summarize((), sc)
+    reasons = runner.invalid_reasons(summary, (), sc, samples)
+    assert any("client saturated" in reason for reason in reasons) is saturated
+    if saturated:
+        assert "(2 of 32 samples late)" in reasons[0]
+
+
 @pytest.mark.parametrize(("every", "valid"), [(20, True), (10, False)])
 def test_output_length_misses_over_5_percent_are_invalid(tmp_path: Path, every: int, valid: bool) -> None:
     args = ["--fault-every", str(every)]

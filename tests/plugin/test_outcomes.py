@@ -285,3 +285,38 @@ def test_a_server_that_stops_answering_mid_run_fails_the_test_in_every_artifact(
     assert re.search(r"^org/det\s+test_frozen\[org/det\]\s.*%\s+fail$", table, re.M), table
     case = next(ET.parse(out / "junit.xml").getroot().iter("testcase"))
     assert {p.get("name"): p.get("value") for p in case.iter("property")}["llm_outcome"] == "fail"
+
+
+# The server stops every answer at half its length, so each measurement is invalid; one body
+# also fails its own assert after measuring.
+SHORT_ANSWERS = """
+def test_invalid(llm_perf):
+    llm_perf.run(input_tokens=17, output_tokens=8, requests=2)
+
+def test_invalid_then_assert(llm_perf):
+    llm_perf.run(input_tokens=17, output_tokens=8, requests=2)
+    assert False, "the body's own check"
+"""
+
+
+def test_pytest_says_invalid_only_when_the_invalid_measurement_is_why_the_test_failed(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    pytester.makepyfile(test_short=SHORT_ANSWERS)
+    with running_detserver(
+        tmp_path / "server", model="org/det", ttft_ms=5, itl_ms=2, fault="early-eos"
+    ) as server:
+        result = pytester.runpytest_subprocess(
+            *attach_args(server), "-p", "no:randomly", f"--benchmark-json={out / 'bench.json'}",
+            timeout=120,
+        )  # fmt: skip
+    # pytest's word for each test is the outcome of every artifact: the second is a plain failure.
+    assert result.parseoutcomes() == {"invalid": 1, "failed": 1}
+    result.stdout.fnmatch_lines(["FAILED test_short.py::test_invalid_then_assert[[]org/det[]]*"])
+    entries = bench_entries(out / "bench.json")
+    assert entries["test_invalid[org/det]"]["outcome"] == "invalid"
+    after = entries["test_invalid_then_assert[org/det]"]
+    assert after["outcome"] == "fail"
+    assert after["reasons"][0] == "AssertionError: the body's own check"
+    assert after["reasons"][1].startswith("invalid: invalid measurement: ")

