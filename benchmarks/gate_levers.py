@@ -56,17 +56,22 @@ def cgroup_writable() -> str | None:
 
 
 class CgroupQuota:
-    """The server's process (all its threads) in a cgroup limited to ``fraction`` of the machine's cores."""
+    """The server's process (all its threads) in a cgroup limited to ``fraction`` of its cores.
+
+    Its cores are the ones it may run on (a pinned llama-server: one of 2), not the machine's:
+    a quota of 80% of 2 cores leaves a 1-core server all it had.
+    """
 
     def __init__(self, fraction: float, version: str) -> None:
         self.fraction = fraction
         self.version = version
-        self.name = f"cgroup {version} quota {fraction:.0%} of {os.cpu_count()} cores"
+        self.name = f"cgroup {version} quota {fraction:.0%} of the server's cores"
         self.path = (CGROUP_ROOT if version == "v2" else CGROUP_ROOT / "cpu") / f"llmperf-gate-{os.getpid()}"
 
     def apply(self, pid: int) -> None:
         self.path.mkdir(exist_ok=True)
-        quota = int(self.fraction * (os.cpu_count() or 1) * PERIOD_US)
+        cores = len(os.sched_getaffinity(pid))
+        quota = int(self.fraction * cores * PERIOD_US)
         if self.version == "v2":
             (self.path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
         else:

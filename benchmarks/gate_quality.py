@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         verdicts(f"det (ITL x{args.itl_scale})", sessions)
         ok &= acceptance(sessions)
     if parts & {"llama", "busy"}:
-        llama_args = ["--llm-server-option=threads=2", *args.pytest_arg]
+        llama_args = list(args.pytest_arg)  # the defaults CI runs with: pinned, one thread per server core
         runner = Runner(work / "llama-runs", llama_args, args.repeat, args.select)
         llama: list[Session] = []
         if "llama" in parts:

@@ -6,9 +6,9 @@ concurrent requests. Plot E2E latency against output tokens per concurrency
 trades per-request speed for total throughput.
 
 The budgets are several times what the embedded default (Gemma 3 270M on
-llama-server, 2 CPU cores) measures when healthy (TTFT ~0.13 s and TPOT
-~11-22 ms at concurrency 1): a noisy CI machine meets them, a broken or much
-slower server does not. Tighten them for your model and machine.
+llama-server, pinned to one of 2 CPU cores) measures when healthy (TTFT
+~0.35 s and TPOT ~50 ms at concurrency 1, TPOT ~100 ms at 4): a noisy CI
+machine meets them, a broken or much slower server does not. Tighten them for your model and machine.
 """
 
 import pytest
