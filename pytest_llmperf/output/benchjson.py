@@ -30,16 +30,19 @@ from pytest_llmperf.schema import LlmInfo
 UNMEASURED_KEY = "llmperf_unmeasured"
 
 # pytest-benchmark's display options and their defaults: one given means its table was asked for.
-_DISPLAY_DEFAULTS: dict[str, object] = {
-    "benchmark_columns": None,
-    "benchmark_sort": "min",
-    "benchmark_group_by": "group",
-    "benchmark_name": "normal",
-    "benchmark_time_unit": None,
-    "benchmark_histogram": [],
-    "benchmark_verbose": False,
-    "benchmark_compare_fail": None,
-    "benchmark_cprofile": None,
+# Each option lists every default the supported pytest-benchmark versions use: 5.2 fills
+# --benchmark-columns with its full column list where 5.3 leaves it None.
+_ALL_COLUMNS = ["min", "max", "mean", "stddev", "median", "iqr", "outliers", "ops", "rounds", "iterations"]
+_DISPLAY_DEFAULTS: dict[str, tuple[object, ...]] = {
+    "benchmark_columns": (None, _ALL_COLUMNS),
+    "benchmark_sort": ("min",),
+    "benchmark_group_by": ("group",),
+    "benchmark_name": ("normal",),
+    "benchmark_time_unit": (None,),
+    "benchmark_histogram": (None, []),
+    "benchmark_verbose": (False,),
+    "benchmark_compare_fail": (None, []),
+    "benchmark_cprofile": (None,),
 }
 
 
@@ -75,9 +78,7 @@ def unmeasured_entries(benchmarks: Iterable[Any]) -> list[dict[str, Any]]:
 
 def table_asked(getoption: Any) -> bool:
     """Whether a ``--benchmark-*`` display option was given, asking for pytest-benchmark's table."""
-    return any(
-        getoption(name, default) not in (default, None, []) for name, default in _DISPLAY_DEFAULTS.items()
-    )
+    return any(getoption(name, defaults[0]) not in defaults for name, defaults in _DISPLAY_DEFAULTS.items())
 
 
 def nothing_to_save(session: Any) -> str | None:
