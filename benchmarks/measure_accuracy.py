@@ -149,7 +149,7 @@ def run_case(
     tokens = sum(r.output_tokens or 0 for r in measured if r.ok)
     errs = errors_against_server(load.records, server)
     lag = load.loop_lag_ms
-    invalid = runner.invalid_reasons(summary, load.records, scenario, load.lag_samples_ms)
+    invalid = runner.invalid_reasons(summary, scenario, load)
     ideal = concurrency * OUTPUT_TOKENS / ((TTFT_MS + (OUTPUT_TOKENS - 1) * itl_ms) / 1000.0)
     return {
         "itl": itl_ms,

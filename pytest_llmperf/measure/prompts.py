@@ -177,8 +177,27 @@ def fit_prompt(
 ) -> Prompt:
     """Random words adjusted until the server counts exactly ``n_tokens``."""
     words = [rng.choice(pool) for _ in range(max(n_tokens - overhead, 0))]
+    # Pool words are one token each: cut exactly the excess.
+    return _adjust(
+        words, n_tokens, pool, rng, count, tries=12, cut=lambda excess: excess, what="build a prompt of"
+    )
+
+
+def _adjust(
+    words: list[str],
+    n_tokens: int,
+    pool: Sequence[str],
+    rng: random.Random,
+    count: Counter,
+    *,
+    tries: int,
+    cut: Callable[[int], int],
+    what: str,
+) -> Prompt:
+    """``words`` padded with one-token words of ``pool``, or cut by ``cut(excess)`` words from the
+    end, until the server counts exactly ``n_tokens``; ``ServerError`` after ``tries`` counts."""
     got = -1
-    for _ in range(12):
+    for _ in range(tries):
         got = count(" ".join(words))
         diff = n_tokens - got
         if diff == 0:
@@ -186,8 +205,8 @@ def fit_prompt(
         if diff > 0:
             words += [rng.choice(pool) for _ in range(diff)]
         else:
-            del words[max(len(words) + diff, 0) :]
-    raise ServerError(f"could not build a prompt of exactly {n_tokens} tokens (the server counted {got})")
+            del words[max(len(words) - cut(-diff), 0) :]
+    raise ServerError(f"could not {what} exactly {n_tokens} tokens (the server counted {got})")
 
 
 def _check_reachable(n_tokens: int, overhead: int) -> None:
@@ -241,21 +260,11 @@ def fit_text(text: str, n_tokens: int, pool: Sequence[str], rng: random.Random, 
     Cuts words from the end while the server counts too many; pads with words
     of ``pool`` while it counts too few (a dataset's prompt at an asked length).
     """
-    words = text.split()
-    got = -1
-    for _ in range(40):
-        got = count(" ".join(words))
-        diff = n_tokens - got
-        if diff == 0:
-            return Prompt(" ".join(words), got)
-        if diff > 0:
-            words += [rng.choice(pool) for _ in range(diff)]
-        else:
-            # Dataset words may be several tokens each: cut by halves of the excess, at least one word.
-            del words[max(len(words) - max(-diff // 2, 1), 0) :]
-    raise ServerError(
-        f"could not fit a dataset prompt to exactly {n_tokens} tokens (the server counted {got})"
-    )
+    # Dataset words may be several tokens each: cut by halves of the excess, at least one word.
+    return _adjust(
+        text.split(), n_tokens, pool, rng, count,
+        tries=40, cut=lambda excess: max(excess // 2, 1), what="fit a dataset prompt to",
+    )  # fmt: skip
 
 
 def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> int:

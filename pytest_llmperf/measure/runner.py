@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from pytest_llmperf.measure import client, loadgen, prompts
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.measure.stats import distribution, summarize
+from pytest_llmperf.measure.stats import summarize
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario, Summary
 
 T = TypeVar("T")
@@ -112,15 +112,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def invalid_reasons(
-    summary: Summary, records: tuple[RequestRecord, ...], scenario: Scenario, lag_samples_ms: Sequence[float]
-) -> tuple[str, ...]:
+def invalid_reasons(summary: Summary, scenario: Scenario, load: loadgen.LoadResult) -> tuple[str, ...]:
     """Why this measurement cannot be trusted; empty when it can.
 
-    ``lag_samples_ms`` are the event-loop lag samples of every client loop of the run.
+    The lag figures are ``load``'s: the samples of every client loop of the run and their distribution.
     """
     reasons = []
-    done = [r for r in records if r.ok and not r.warmup]
+    done = [r for r in load.records if r.ok and not r.warmup]
     misses = summary.output_length_misses
     if done and misses > OUTPUT_MISS_LIMIT * len(done):
         got = sorted({"no usage" if r.output_tokens is None else str(r.output_tokens) for r in done
@@ -129,8 +127,8 @@ def invalid_reasons(
             f"invalid measurement: {misses} of {len(done)} requests returned != {scenario.output_tokens} "
             f"output tokens (got {', '.join(got)}); the server did not honour the output length"
         )
-    lag = distribution(lag_samples_ms)
-    late = sum(v > LAG_LIMIT_MS for v in lag_samples_ms)
+    lag = load.loop_lag_ms
+    late = sum(v > LAG_LIMIT_MS for v in load.lag_samples_ms)
     if lag is not None and lag.p99 > LAG_LIMIT_MS and late >= LAG_LATE_MIN:
         reasons.append(
             f"invalid measurement: client saturated, event-loop lag p99 {lag.p99:.1f} ms > "
@@ -233,15 +231,29 @@ def _run_here(
         report = client.ClientReport(1, settings.keep_alive, connections.stats, cpu_s, settings.cores)
         return dataclasses.replace(load, client=report)
 
-    # The collector would pause the loop mid-stream (tens of thousands of
-    # small tuples per run); nothing here forms cycles, so it can wait.
+    return run_measuring(run())
+
+
+def run_measuring(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a measuring loop (``_run``) with the garbage collector paused.
+
+    The collector would pause the loop mid-stream (tens of thousands of
+    small tuples per run); nothing here forms cycles, so it can wait.
+    """
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _run(run())
+        return _run(coro)
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def summarize_run(records: Sequence[RequestRecord], scenario: Scenario) -> Summary:
+    """The run's summary, with the first measured request's error (the line a failure names)."""
+    summary = summarize(records, scenario)
+    first_error = next((r.error for r in records if not r.warmup and r.error), None)
+    return dataclasses.replace(summary, first_error=first_error)
 
 
 @contextlib.contextmanager
@@ -283,10 +295,7 @@ def measure(
     settings = client_settings or ClientSettings()
     prepared, checked = prepare_requests(target, scenario, prompt_salt, keep_alive=settings.keep_alive)
     load = run_prepared(prepared, scenario, on_record, on_measured, settings)
-    summary = summarize(load.records, scenario)
-    first_error = next((r.error for r in load.records if not r.warmup and r.error), None)
-    summary = dataclasses.replace(summary, first_error=first_error)
-    lag = load.loop_lag_ms
+    summary = summarize_run(load.records, scenario)
     extra: dict[str, object] = {
         "stopped_early": load.stopped_early,
         "prompt_tokens_checked": checked,
@@ -301,7 +310,7 @@ def measure(
         scenario=scenario,
         records=load.records,
         summary=summary,
-        invalid=invalid_reasons(summary, load.records, scenario, load.lag_samples_ms),
-        loop_lag_ms=lag,
+        invalid=invalid_reasons(summary, scenario, load),
+        loop_lag_ms=load.loop_lag_ms,
         extra=extra,
     )

@@ -23,7 +23,6 @@ module must not write files or print.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import random
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +31,6 @@ from dataclasses import dataclass
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.measure import client, loadgen, prompts, runner, wire
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.measure.stats import summarize
 from pytest_llmperf.measure.traffic import Workload, draw_lengths, realized
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario
 
@@ -248,27 +246,11 @@ def measure(
         load = runner.run_prepared(prepared, scenario, on_record, on_measured)
     else:
         send = _conversation_send(target, scenario, built.requests, tag)
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            load = runner._run(
-                loadgen.run_load(send, scenario, on_record, on_measured)
-            )  # its loop runner, shared
-        finally:
-            if gc_was_enabled:
-                gc.enable()
-    summary = summarize(load.records, scenario)
-    first_error = next((r.error for r in load.records if not r.warmup and r.error), None)
-    summary = dataclasses.replace(summary, first_error=first_error)
-    lag = load.loop_lag_ms
+        load = runner.run_measuring(loadgen.run_load(send, scenario, on_record, on_measured))
+    summary = runner.summarize_run(load.records, scenario)
     # The output-length check of runner names one asked length; here each request asked its own.
     reasons = list(
-        runner.invalid_reasons(
-            dataclasses.replace(summary, output_length_misses=0),
-            load.records,
-            scenario,
-            load.lag_samples_ms,
-        )
+        runner.invalid_reasons(dataclasses.replace(summary, output_length_misses=0), scenario, load)
     )
     done = [r for r in load.records if r.ok and not r.warmup]
     if done and summary.output_length_misses > runner.OUTPUT_MISS_LIMIT * len(done):
@@ -290,6 +272,6 @@ def measure(
         records=load.records,
         summary=summary,
         invalid=tuple(reasons),
-        loop_lag_ms=lag,
+        loop_lag_ms=load.loop_lag_ms,
         extra=extra,
     )

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.measure import loadgen, runner
-from pytest_llmperf.measure.loadgen import LagSampler, arrival_offsets_ns, run_load
-from pytest_llmperf.measure.stats import summarize
+from pytest_llmperf.measure.loadgen import LagSampler, LoadResult, arrival_offsets_ns, run_load
+from pytest_llmperf.measure.stats import distribution, summarize
 from pytest_llmperf.records import RequestRecord, Scenario
 from pytest_llmperf.testing.harness import running_detserver
 
@@ -186,8 +186,8 @@ def test_one_stall_is_not_a_saturated_client(late: tuple[float, ...], saturated:
     # 30 quiet samples: the p99 of a short run is its largest sample, so one stall alone reaches it.
     samples = (0.5,) * 30 + late
     sc = Scenario(input_tokens=8, output_tokens=8, requests=2, warmup=0)
-    summary = summarize((), sc)
-    reasons = runner.invalid_reasons(summary, (), sc, samples)
+    load = LoadResult((), distribution(samples), stopped_early=False, lag_samples_ms=samples)
+    reasons = runner.invalid_reasons(summarize((), sc), sc, load)
     assert any("client saturated" in reason for reason in reasons) is saturated
     if saturated:
         assert "(2 of 32 samples late)" in reasons[0]
