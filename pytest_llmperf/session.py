@@ -39,7 +39,7 @@ from pytest_llmperf.errors import ConfigError, LlmPerfError
 from pytest_llmperf.judge.gate import Gate
 from pytest_llmperf.output import benchjson
 from pytest_llmperf.output.report import junit_properties
-from pytest_llmperf.perf import LlmPerf
+from pytest_llmperf.perf import LlmPerf, Wiring
 from pytest_llmperf.placement import Placement
 from pytest_llmperf.records import CaseResult, Outcome, RunResult
 from pytest_llmperf.servers import models as model_registry
@@ -256,8 +256,7 @@ class LlmPerfSession:
         def record(case: CaseResult) -> None:
             self.record(item, benchmark, case)
 
-        return LlmPerf(
-            nodeid=item.nodeid,
+        wiring = Wiring(
             model=model,
             backend=self.backend_for(model),
             server=server,
@@ -276,6 +275,7 @@ class LlmPerfSession:
             spec=self.specs[model],
             client=lambda: self.placement.client_settings(model),
         )
+        return LlmPerf(item.nodeid, wiring)
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
         """Keep a finished case and write it where pytest's reports will read it."""

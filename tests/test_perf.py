@@ -6,9 +6,10 @@ import dataclasses
 import math
 
 import pytest
+from load_support import check_load
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.perf import check_arguments, nothing_completed
+from pytest_llmperf.perf import nothing_completed
 from pytest_llmperf.records import Outcome, RequestRecord, RunResult, Scenario, Summary
 
 GOOD: dict[str, object] = {
@@ -29,7 +30,7 @@ GOOD: dict[str, object] = {
 
 
 def scenario(**changes: object) -> Scenario:
-    return check_arguments(**{**GOOD, **changes})  # type: ignore[arg-type]
+    return check_load(**{**GOOD, **changes})
 
 
 def test_the_defaults_make_the_scenario_they_always_made() -> None:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from load_support import check_load
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.measure.arguments import check_arguments
+from pytest_llmperf.perf.capacity import CapacitySearch, rate_requests
+from pytest_llmperf.perf.sweep import Loads, loads_of, point_load
 from pytest_llmperf.records import Distribution
-from pytest_llmperf.sweeps import _check, loads_of, point_load, rate_requests
 
 W = "llm_perf.sweep"
 
 
 def test_the_loads_of_a_sweep() -> None:
-    assert loads_of(W, "auto", None, 32) == ("concurrency", (1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
-    assert loads_of(W, "auto", None, 20) == ("concurrency", (1.0, 2.0, 4.0, 8.0, 16.0))
-    assert loads_of(W, [1, 3, 5], None, 32) == ("concurrency", (1.0, 3.0, 5.0))
-    assert loads_of(W, None, [0.5, 1, 2.5], 8) == ("rate", (0.5, 1.0, 2.5))
+    assert loads_of(W, "auto", None, 32) == Loads("concurrency", (1.0, 2.0, 4.0, 8.0, 16.0, 32.0), 32)
+    assert loads_of(W, "auto", None, 20) == Loads("concurrency", (1.0, 2.0, 4.0, 8.0, 16.0), 20)
+    assert loads_of(W, [1, 3, 5], None, 32) == Loads("concurrency", (1.0, 3.0, 5.0), 32)
+    assert loads_of(W, None, [0.5, 1, 2.5], 8) == Loads("rate", (0.5, 1.0, 2.5), 8)
     assert point_load("concurrency", 4.0, 32) == (4, None)
     assert point_load("rate", 2.5, 8) == (8, 2.5)
 
@@ -63,10 +66,11 @@ def test_a_bad_sweep_says_what_to_type(concurrency: object, rate: object, messag
     ],
 )
 def test_a_bad_capacity_search_says_what_to_type(changes: dict[str, object], message: str) -> None:
-    args: dict[str, object] = {"search": "concurrency", "low": 1, "high": 32, "max_probes": 12,
-                               "slo_attainment": 0.99, "rate_step": None, **changes}  # fmt: skip
+    args: dict[str, Any] = {"search": "concurrency", "low": 1, "high": 32, "max_probes": 12,
+                            "slo_attainment": 0.99, "rate_step": None, **changes}  # fmt: skip
+    search = CapacitySearch(args.pop("search"), **args)
     with pytest.raises(ConfigError) as err:
-        _check("llm_perf.capacity", **args)  # type: ignore[arg-type]
+        search.check("llm_perf.capacity")
     assert str(err.value).startswith(message)
 
 
@@ -85,23 +89,23 @@ BASE: dict[str, object] = {
 
 
 def test_a_duration_run_builds_prompts_for_its_cap() -> None:
-    closed = check_arguments(**{**BASE, "duration_s": 30})  # type: ignore[arg-type]
+    closed = check_load(**{**BASE, "duration_s": 30})
     assert (closed.duration_s, closed.requests) == (30.0, 600)  # 10 requests/s per slot
-    opened = check_arguments(**{**BASE, "duration_s": 30, "rate": 2.0, "concurrency": 8})  # type: ignore[arg-type]
+    opened = check_load(**{**BASE, "duration_s": 30, "rate": 2.0, "concurrency": 8})
     assert opened.requests == 60 + 31 + 8  # the expected arrivals and a Poisson tail of 4 sd
     with pytest.raises(
         ConfigError, match=r"llm_perf.run\(duration_s=0\): duration_s must be a number of seconds"
     ):
-        check_arguments(**{**BASE, "duration_s": 0})  # type: ignore[arg-type]
+        check_load(**{**BASE, "duration_s": 0})
 
 
 def test_conversations_count_requests_in_turns() -> None:
-    chat = check_arguments(**{**BASE, "turns": 3})  # type: ignore[arg-type]
+    chat = check_load(**{**BASE, "turns": 3})
     assert (chat.requests, chat.turns) == (24, 3)  # 8 conversations of 3 turns
     with pytest.raises(
         ConfigError, match=r"6 requests are 2 conversations, which can never have 4 in flight"
     ):
-        check_arguments(**{**BASE, "concurrency": 4, "requests": 6, "turns": 3})  # type: ignore[arg-type]
+        check_load(**{**BASE, "concurrency": 4, "requests": 6, "turns": 3})
     with pytest.raises(ConfigError, match="conversations run in a closed loop; leave out rate"):
-        check_arguments(**{**BASE, "rate": 1.0, "turns": 2})  # type: ignore[arg-type]
-    assert check_arguments(**{**BASE, "where": "llm_perf.sweep", "turns": 1}).turns == 1  # type: ignore[arg-type]
+        check_load(**{**BASE, "rate": 1.0, "turns": 2})
+    assert check_load(**{**BASE, "where": "llm_perf.sweep", "turns": 1}).turns == 1

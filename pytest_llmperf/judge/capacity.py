@@ -79,13 +79,15 @@ def find_capacity(
     high: int = 256,
     max_probes: int = 12,
     resolution: int = 1,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> Capacity[T]:
     """Highest concurrency in ``[low, high]`` whose measurement meets the budget.
 
     ``measure_at(c)`` measures at concurrency ``c`` and returns ``(met, detail)``;
     it is called at most ``max_probes`` times and never twice for one value.
     The search stops when the met and missed concurrencies are at most
-    ``resolution`` apart (1: the exact answer under monotonicity).
+    ``resolution`` apart (1: the exact answer under monotonicity), or, not
+    converged, as soon as ``stopped()`` says a probe ended it (its server died).
     """
     if low < 1 or high < low:
         raise ValueError(f"capacity bounds need 1 <= low <= high, got low={low}, high={high}")
@@ -99,10 +101,10 @@ def find_capacity(
         return bool(met)
 
     if not probe(low):
-        return Capacity(None, low, True, tuple(probes))
+        return Capacity(None, low, not stopped(), tuple(probes))
     good, bad = low, None
     while bad is None and good < high:
-        if len(probes) >= max_probes:
+        if len(probes) >= max_probes or stopped():
             return Capacity(good, None, False, tuple(probes))
         nxt = min(good * 2, high)
         if probe(nxt):
@@ -112,7 +114,7 @@ def find_capacity(
     if bad is None:
         return Capacity(good, None, True, tuple(probes))
     while bad - good > resolution:
-        if len(probes) >= max_probes:
+        if len(probes) >= max_probes or stopped():
             return Capacity(good, bad, False, tuple(probes))
         mid = (good + bad) // 2
         if probe(mid):

@@ -1,7 +1,8 @@
-"""Realistic traffic, as values: length distributions, a user's dataset, and the workload they make.
+"""Traffic, as values: length distributions, a user's dataset, and the traffic they make.
 
-A ``Workload`` says what each request of a run asks, beyond the load shape
-(``Scenario``): its input and output lengths (``Fixed``, ``Uniform``,
+``TrafficArgs`` holds a call's traffic arguments as the user typed them;
+``check_traffic`` turns them into a ``Traffic``, which says what each request
+of a run asks, beyond the load shape (``Scenario``): its input and output lengths (``Fixed``, ``Uniform``,
 ``Normal`` with clipping, or an ``Empirical`` list, all drawn from a seeded
 RNG, so the same seed asks the same lengths), prompts from a JSONL
 ``Dataset`` instead of fresh words, a prefix of P tokens shared by groups of
@@ -11,7 +12,7 @@ requests (prefix caching measured on purpose), and multi-turn conversations.
 
 Everything here is pure (reading a dataset file aside) and checked when it is
 built: a bad value is a ``ConfigError`` that names it and says what to type.
-Building the prompts is ``workload``'s job; this module must not talk to a
+Building the prompts is ``realistic``'s job; this module must not talk to a
 server.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.measure.load import Shape
 
 
 class Lengths(Protocol):
@@ -265,11 +267,11 @@ def load_dataset(path: str | Path, where: str = "llm_perf.run") -> Dataset:
     return Dataset(file, tuple(entries), hashlib.sha256(raw).hexdigest())
 
 
-# -- the workload ---------------------------------------------------------------------------------
+# -- the traffic ----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Workload:
+class Traffic:
     """What each request asks. ``input`` is ``None`` for a dataset's own prompts, as they are.
 
     ``shared_prefix`` tokens open every prompt of a group (``prefix_groups``
@@ -311,13 +313,17 @@ class Workload:
     def nominal_input(self) -> int:
         return round(self.input.mean) if self.input is not None else 0
 
+    def shape(self) -> Shape:
+        """The lengths a scenario is labelled with: the nominal (mean) lengths, and the turns."""
+        return Shape(self.nominal_input() or 1, round(self.output.mean), self.turns)
+
     def context_tokens(self) -> int:
         """Tokens one request may need: the longest ask, times the turns of a conversation."""
         per_turn = (self.input.high if self.input is not None else 0) + self.output.high
         return per_turn * self.turns
 
     def describe(self) -> dict[str, object]:
-        """The exact record of this workload: with the seed, the same lengths and prompts again."""
+        """The exact record of this traffic: with the seed, the same lengths and prompts again."""
         info: dict[str, object] = {
             "input": self.input.describe() if self.input is not None else "dataset",
             "output": self.output.describe(),
@@ -334,19 +340,23 @@ class Workload:
         return info
 
 
-def check_workload(
-    *,
-    where: str,
-    input_tokens: object,
-    output_tokens: object,
-    dataset: object = None,
-    shared_prefix: object = None,
-    prefix_groups: object = 1,
-    turns: object = 1,
-    prefix_cache: object = None,
-    seed: int = 0,
-) -> Workload:
-    """The ``Workload`` of a run's traffic arguments; a ``ConfigError`` names the first impossible one."""
+@dataclass(frozen=True)
+class TrafficArgs:
+    """A call's traffic arguments as typed: checked by ``check_traffic``, never before."""
+
+    input_tokens: int | Lengths | None = 128
+    output_tokens: int | Lengths = 64
+    dataset: str | Path | None = None
+    shared_prefix: int | None = None
+    prefix_groups: int = 1
+    turns: int = 1
+    prefix_cache: bool | None = None
+
+
+def check_traffic(where: str, args: TrafficArgs, seed: int = 0) -> Traffic:
+    """The ``Traffic`` of a call's traffic arguments; a ``ConfigError`` names the first impossible one."""
+    input_tokens, dataset, shared_prefix = args.input_tokens, args.dataset, args.shared_prefix
+    prefix_groups, turns, prefix_cache = args.prefix_groups, args.turns, args.prefix_cache
     data = None
     if dataset is not None:
         if not isinstance(dataset, (str, Path)):
@@ -355,7 +365,7 @@ def check_workload(
     lengths_in = (
         None if data is not None and input_tokens is None else lengths_of(where, "input_tokens", input_tokens)
     )
-    lengths_out = lengths_of(where, "output_tokens", output_tokens)
+    lengths_out = lengths_of(where, "output_tokens", args.output_tokens)
     prefix = 0
     if shared_prefix is not None:
         prefix = _whole(f"{where}(shared_prefix={shared_prefix!r})", "shared_prefix", shared_prefix)
@@ -375,7 +385,7 @@ def check_workload(
         raise ConfigError(f"{where}: turns > 1 makes its own conversations; leave out dataset or turns")
     if prefix_cache is not None and not isinstance(prefix_cache, bool):
         raise ConfigError(f"{where}(prefix_cache={prefix_cache!r}): prefix_cache is True, False or None")
-    return Workload(
+    return Traffic(
         input=lengths_in,
         output=lengths_out,
         dataset=data,

@@ -90,3 +90,18 @@ def test_only_passes_below_every_miss_are_probed() -> None:
 def test_bad_bounds(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         find_capacity(lambda c: (True, None), **kwargs)
+
+
+def test_a_search_ends_as_soon_as_a_probe_says_stop() -> None:
+    probed: list[int] = []
+    dead = {"at": 8}  # the server dies during the probe at 8
+
+    def at(c: int) -> tuple[bool, None]:
+        probed.append(c)
+        return c < dead["at"], None
+
+    found = find_capacity(at, low=1, high=64, stopped=lambda: bool(probed) and probed[-1] >= dead["at"])
+    assert probed == [1, 2, 4, 8]  # no probe after the one that stopped it
+    assert (found.best, found.first_miss, found.converged) == (4, 8, False)
+    first = find_capacity(lambda c: (False, None), low=2, high=8, stopped=lambda: True)
+    assert (first.best, first.first_miss, first.converged, len(first.probes)) == (None, 2, False, 1)

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+from load_support import traffic_of
 
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.measure.traffic import (
@@ -14,7 +15,6 @@ from pytest_llmperf.measure.traffic import (
     Fixed,
     Normal,
     Uniform,
-    check_workload,
     draw_lengths,
     load_dataset,
 )
@@ -115,10 +115,10 @@ def test_a_missing_dataset_says_what_to_give(tmp_path: Path) -> None:
 
 
 def test_the_workload_checks_its_arguments_and_records_exactly_what_it_asks(tmp_path: Path) -> None:
-    plain = check_workload(where="llm_perf.run", input_tokens=64, output_tokens=16)
+    plain = traffic_of(where="llm_perf.run", input_tokens=64, output_tokens=16)
     assert plain.plain
     assert plain.cache is None
-    shared = check_workload(
+    shared = traffic_of(
         where="llm_perf.run",
         input_tokens=Uniform(64, 96),
         output_tokens=8,
@@ -137,12 +137,10 @@ def test_the_workload_checks_its_arguments_and_records_exactly_what_it_asks(tmp_
         "prefix_cache": "on",
     }
     assert shared.context_tokens() == 96 + 8
-    chat = check_workload(
-        where="llm_perf.run", input_tokens=32, output_tokens=16, turns=3, prefix_cache=False
-    )
+    chat = traffic_of(where="llm_perf.run", input_tokens=32, output_tokens=16, turns=3, prefix_cache=False)
     assert (chat.cache, chat.context_tokens(), chat.describe()["turns"]) == (False, 3 * 48, 3)
     data = write_jsonl(tmp_path / "d.jsonl", {"prompt": "hello there"})
-    from_file = check_workload(where="llm_perf.run", input_tokens=None, output_tokens=16, dataset=data)
+    from_file = traffic_of(where="llm_perf.run", input_tokens=None, output_tokens=16, dataset=data)
     assert from_file.input is None
     assert from_file.describe()["input"] == "dataset"
 
@@ -164,5 +162,5 @@ def test_the_workload_checks_its_arguments_and_records_exactly_what_it_asks(tmp_
 def test_an_impossible_workload_names_the_argument(changes: dict[str, object], message: str) -> None:
     args: dict[str, object] = {"input_tokens": 64, "output_tokens": 16, **changes}
     with pytest.raises(ConfigError) as err:
-        check_workload(where="llm_perf.run", **args)  # type: ignore[arg-type]
+        traffic_of(where="llm_perf.run", **args)
     assert str(err.value).startswith(message)

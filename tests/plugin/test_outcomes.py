@@ -228,6 +228,7 @@ def test_the_bad_argument_is_one_line_without_a_traceback(pytester: pytest.Pytes
     )
     assert "Traceback" not in text
     assert "perf.py" not in text  # no frame of ours is shown
+    assert "pytest_llmperf/perf/" not in text
     assert "Benchmark fixture was not used" not in text + result.stderr.str()
     # Nothing was measured, so pytest-benchmark has nothing to save; we say so, it does not warn.
     assert not (tmp_path / "b.json").exists()

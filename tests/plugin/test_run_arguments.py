@@ -94,6 +94,7 @@ def test_impossible_arguments_fail_at_once_with_one_line_and_send_nothing(
         result.stdout.fnmatch_lines([f"*{line}"])
     assert "Traceback" not in text
     assert "perf.py" not in text
+    assert "pytest_llmperf/perf/" not in text
     assert "Warning" not in text + result.stderr.str()
 
 

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from load_support import traffic_of
 
 from pytest_llmperf.errors import ConfigError
-from pytest_llmperf.measure import workload
+from pytest_llmperf.measure import realistic
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.measure.traffic import Normal, Uniform, check_workload
+from pytest_llmperf.measure.traffic import Normal, Uniform
 from pytest_llmperf.measure.wire import response_text
 from pytest_llmperf.records import Scenario
 from pytest_llmperf.testing.harness import DetServer, running_detserver
@@ -39,21 +40,21 @@ def prompts_seen(server: DetServer, ids: set[str]) -> dict[str, str]:
 
 def test_each_request_gets_its_own_drawn_length_exactly(logged: DetServer) -> None:
     target = logged.target()
-    work = check_workload(
+    work = traffic_of(
         where="t", input_tokens=Uniform(8, 40), output_tokens=Normal(6, 3, low=2, high=9), seed=7
     )
     scenario = Scenario(24, 6, concurrency=3, requests=12, warmup=1)
-    plan = workload.plan(target, scenario, work, "salt")
+    plan = realistic.plan(target, scenario, work, "salt")
     asked_in = [p.input_tokens for p in plan.requests]
     assert len(set(asked_in)) > 3
     assert all(8 <= n <= 40 for n in asked_in)
     # Drawn from the seed alone: the same seed asks the same lengths, whatever the salt.
-    again = workload.plan(target, scenario, work, "other salt")
+    again = realistic.plan(target, scenario, work, "other salt")
     assert [p.input_tokens for p in again.requests] == asked_in
     assert [p.output_tokens for p in again.requests] == [p.output_tokens for p in plan.requests]
     assert [p.text for p in again.requests] != [p.text for p in plan.requests]  # fresh words per salt
 
-    result = workload.measure(target, scenario, plan, model="m", backend="openai")
+    result = realistic.measure(target, scenario, plan, model="m", backend="openai")
     assert result.invalid == ()
     in_order = sorted(result.records, key=lambda r: int(r.request_id.rsplit("-", 1)[1]))
     for planned, rec in zip(plan.requests, in_order, strict=True):
@@ -66,8 +67,8 @@ def test_each_request_gets_its_own_drawn_length_exactly(logged: DetServer) -> No
 
 def test_a_shared_prefix_opens_every_prompt_of_its_group_with_exactly_p_tokens(logged: DetServer) -> None:
     target = logged.target()
-    work = check_workload(where="t", input_tokens=40, output_tokens=4, shared_prefix=24, prefix_groups=2)
-    plan = workload.plan(target, Scenario(40, 4, concurrency=2, requests=6, warmup=0), work, "salt")
+    work = traffic_of(where="t", input_tokens=40, output_tokens=4, shared_prefix=24, prefix_groups=2)
+    plan = realistic.plan(target, Scenario(40, 4, concurrency=2, requests=6, warmup=0), work, "salt")
     words = [p.text.split() for p in plan.requests]
     # The server adds BOS: a prefix of 24 tokens is 23 words.
     heads = [" ".join(w[:23]) for w in words]
@@ -80,10 +81,10 @@ def test_a_shared_prefix_opens_every_prompt_of_its_group_with_exactly_p_tokens(l
 
 def test_a_conversation_sends_each_turn_with_the_history_and_the_previous_answer(logged: DetServer) -> None:
     target = logged.target(api="chat")
-    work = check_workload(where="t", input_tokens=12, output_tokens=5, turns=3)
+    work = traffic_of(where="t", input_tokens=12, output_tokens=5, turns=3)
     scenario = Scenario(12, 5, concurrency=2, requests=6, warmup=1, turns=3)
-    plan = workload.plan(target, scenario, work, "salt")
-    result = workload.measure(target, scenario, plan, model="m", backend="openai")
+    plan = realistic.plan(target, scenario, work, "salt")
+    result = realistic.measure(target, scenario, plan, model="m", backend="openai")
     assert result.invalid == ()
     assert result.summary.errors == 0
     seen = prompts_seen(logged, {r.request_id for r in result.records})
@@ -109,13 +110,13 @@ def test_a_dataset_is_sent_as_it_is_or_cut_and_padded_to_the_asked_length(
     lines = [{"prompt": " ".join(f"w{i}" for i in range(n))} for n in (3, 30, 9)]
     data.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     target = logged.target()
-    as_is = check_workload(where="t", input_tokens=None, output_tokens=4, dataset=data, seed=1)
-    plan = workload.plan(target, Scenario(1, 4, requests=4, warmup=0), as_is, "salt")
+    as_is = traffic_of(where="t", input_tokens=None, output_tokens=4, dataset=data, seed=1)
+    plan = realistic.plan(target, Scenario(1, 4, requests=4, warmup=0), as_is, "salt")
     assert sorted(p.input_tokens for p in plan.requests[:3]) == [4, 10, 31]  # words + BOS, as counted
     assert plan.info["dataset_reused"] == 1  # 4 requests from 3 lines
     assert plan.nominal_input == round(sum(p.input_tokens for p in plan.requests) / 4)  # type: ignore[misc]
-    fitted = check_workload(where="t", input_tokens=12, output_tokens=4, dataset=data, seed=1)
-    cut = workload.plan(target, Scenario(12, 4, requests=3, warmup=0), fitted, "salt")
+    fitted = traffic_of(where="t", input_tokens=12, output_tokens=4, dataset=data, seed=1)
+    cut = realistic.plan(target, Scenario(12, 4, requests=3, warmup=0), fitted, "salt")
     assert [p.input_tokens for p in cut.requests] == [12, 12, 12]
     assert all(len(p.text.split()) == 11 for p in cut.requests)
     long = next(p for p in cut.requests if p.text.startswith("w0 w1 w2 w3"))
@@ -125,16 +126,16 @@ def test_a_dataset_is_sent_as_it_is_or_cut_and_padded_to_the_asked_length(
 def test_a_dataset_at_asked_lengths_needs_the_servers_tokenizer(logged: DetServer, tmp_path: Path) -> None:
     data = tmp_path / "p.jsonl"
     data.write_text('{"prompt": "a b c"}\n')
-    work = check_workload(where="t", input_tokens=12, output_tokens=4, dataset=data)
+    work = traffic_of(where="t", input_tokens=12, output_tokens=4, dataset=data)
     with pytest.raises(ConfigError, match="needs the server's tokenizer"):
-        workload.plan(logged.target(tokenize=None), Scenario(12, 4, requests=2, warmup=0), work, "")
+        realistic.plan(logged.target(tokenize=None), Scenario(12, 4, requests=2, warmup=0), work, "")
 
 
 def test_a_duration_run_starts_nothing_after_its_duration(det: DetServer) -> None:
-    work = check_workload(where="t", input_tokens=16, output_tokens=8)
+    work = traffic_of(where="t", input_tokens=16, output_tokens=8)
     scenario = Scenario(16, 8, concurrency=2, requests=500, warmup=1, duration_s=0.6)
-    result = workload.measure(det.target(), scenario, workload.plan(det.target(), scenario, work), model="m",
-                              backend="openai")  # fmt: skip
+    planned = realistic.plan(det.target(), scenario, work)
+    result = realistic.measure(det.target(), scenario, planned, model="m", backend="openai")
     measured = result.measured
     start = min(r.sent_ns for r in measured)
     # A request takes ~34 ms (TTFT 20 ms + 7 x 2 ms): ~35 in 0.6 s at concurrency 2, far below the cap.
@@ -146,14 +147,14 @@ def test_a_duration_run_starts_nothing_after_its_duration(det: DetServer) -> Non
 
 def test_the_cache_flag_is_set_only_where_a_request_can_say_it(det: DetServer) -> None:
     plain = det.target()
-    assert workload.with_cache(plain, True) is plain
+    assert realistic.with_cache(plain, True) is plain
     caps = dataclasses.replace(plain.capabilities, extra_body={"ignore_eos": True, "cache_prompt": False})
     llama_like = Target(plain.base_url, plain.model, caps)
-    assert workload.with_cache(llama_like, True).capabilities.extra_body == {
+    assert realistic.with_cache(llama_like, True).capabilities.extra_body == {
         "ignore_eos": True,
         "cache_prompt": True,
     }
-    assert workload.with_cache(llama_like, None) is llama_like
+    assert realistic.with_cache(llama_like, None) is llama_like
 
 
 def test_the_answer_text_is_read_back_from_a_stream() -> None:

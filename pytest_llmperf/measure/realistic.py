@@ -1,12 +1,12 @@
 """A run with realistic traffic, end to end: each request's prompt and length, then the load.
 
-``plan`` builds every request of a ``traffic.Workload`` before any clock
+``plan`` builds every request of a ``traffic.Traffic`` before any clock
 starts (control plane, like ``runner.prepare_requests``): lengths drawn from
 the seeded distributions, fresh prompts fitted to each request's own length,
 a dataset's prompts (as they are, or cut and padded to an asked length with
 the same exact-length machinery), shared prefixes of exactly P tokens, and
 the new user message of every conversation turn. ``measure`` runs it and
-returns a ``RunResult`` like ``runner.measure``, with the workload's record
+returns a ``RunResult`` like ``runner.measure``, with the traffic's record
 in ``extra["traffic"]``.
 
 A conversation's later turns cannot be built ahead: turn k+1 carries turn
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.measure import client, loadgen, prompts, runner, wire
 from pytest_llmperf.measure.client import Target
-from pytest_llmperf.measure.traffic import Workload, draw_lengths, realized
+from pytest_llmperf.measure.traffic import Traffic, draw_lengths, realized
 from pytest_llmperf.records import RequestRecord, RunResult, Scenario
 
 Message = tuple[str, str]
@@ -59,6 +59,8 @@ class Plan:
     checked: bool
     context_tokens: int
     info: Mapping[str, object]
+    cache: bool | None = None
+    """Whether the requests ask the server to cache their prompts (``Traffic.cache``)."""
 
     @property
     def nominal_input(self) -> int:
@@ -80,14 +82,14 @@ def _counted(counter: prompts.Counter | None, text: str) -> int | None:
 
 
 def _shared_prefix(
-    target: Target, workload: Workload, lengths: Sequence[int], stem: str, salt: str
+    target: Target, traffic: Traffic, lengths: Sequence[int], stem: str, salt: str
 ) -> list[Planned]:
     counter = prompts.tokenizer_counter(target)
-    p = workload.shared_prefix
+    p = traffic.shared_prefix
     if counter is None:
         # No tokenizer: word counts from the usage calibration; each request's usage says what it got.
-        groups = workload.prefix_groups
-        built = prompts.build_prompts_of(target, [p] * groups + list(lengths), workload.seed, salt)
+        groups = traffic.prefix_groups
+        built = prompts.build_prompts_of(target, [p] * groups + list(lengths), traffic.seed, salt)
         words = [b.text.split() for b in built[:groups]]
         return [
             Planned(" ".join([*words[i % groups], *b.text.split()[len(words[i % groups]) :]]), (), None, 0)
@@ -97,7 +99,7 @@ def _shared_prefix(
     overhead = counter("")
     heads = [
         prompts.fit_prompt(p, pool, random.Random(f"{stem}/prefix/{g}"), counter, overhead).text
-        for g in range(workload.prefix_groups)
+        for g in range(traffic.prefix_groups)
     ]
     out = []
     for i, n in enumerate(lengths):
@@ -111,11 +113,11 @@ def _shared_prefix(
     return out
 
 
-def _dataset(target: Target, workload: Workload, count: int, lengths: Sequence[int] | None) -> list[Planned]:
-    data = workload.dataset
+def _dataset(target: Target, traffic: Traffic, count: int, lengths: Sequence[int] | None) -> list[Planned]:
+    data = traffic.dataset
     assert data is not None
     order = list(range(len(data.entries)))
-    random.Random(f"dataset/{workload.seed}").shuffle(order)
+    random.Random(f"dataset/{traffic.seed}").shuffle(order)
     counter = prompts.tokenizer_counter(target)
     if lengths is not None and counter is None:
         raise ConfigError(
@@ -139,21 +141,21 @@ def _dataset(target: Target, workload: Workload, count: int, lengths: Sequence[i
     return out
 
 
-def plan(target: Target, scenario: Scenario, workload: Workload, prompt_salt: str = "") -> Plan:
-    """Every request of ``scenario`` under ``workload`` (warm-up ones first), built and checked."""
+def plan(target: Target, scenario: Scenario, traffic: Traffic, prompt_salt: str = "") -> Plan:
+    """Every request of ``scenario`` under ``traffic`` (warm-up ones first), built and checked."""
     total = scenario.warmup + scenario.requests
-    stem = f"{prompt_salt}/{workload.seed}"
-    target = with_cache(target, workload.cache)
-    asked_in = draw_lengths(workload.input, total, workload.seed, "input") if workload.input else None
-    asked_out = draw_lengths(workload.output, total, workload.seed, "output")
-    if workload.dataset is not None:
-        planned = _dataset(target, workload, total, asked_in)
-    elif workload.shared_prefix:
+    stem = f"{prompt_salt}/{traffic.seed}"
+    target = with_cache(target, traffic.cache)
+    asked_in = draw_lengths(traffic.input, total, traffic.seed, "input") if traffic.input else None
+    asked_out = draw_lengths(traffic.output, total, traffic.seed, "output")
+    if traffic.dataset is not None:
+        planned = _dataset(target, traffic, total, asked_in)
+    elif traffic.shared_prefix:
         assert asked_in is not None
-        planned = _shared_prefix(target, workload, asked_in, stem, prompt_salt)
+        planned = _shared_prefix(target, traffic, asked_in, stem, prompt_salt)
     else:
         assert asked_in is not None
-        built = prompts.build_prompts_of(target, asked_in, workload.seed, prompt_salt)
+        built = prompts.build_prompts_of(target, asked_in, traffic.seed, prompt_salt)
         planned = [Planned(b.text, (), b.tokens, 0) for b in built]
     planned = [
         dataclasses.replace(p, output_tokens=p.output_tokens or asked_out[i]) for i, p in enumerate(planned)
@@ -161,19 +163,18 @@ def plan(target: Target, scenario: Scenario, workload: Workload, prompt_salt: st
     ins = [p.input_tokens for p in planned if p.input_tokens is not None]
     outs = [p.output_tokens for p in planned]
     info = {
-        **workload.describe(),
+        **traffic.describe(),
         "input_tokens_asked": realized(asked_in or []) if asked_in else None,
         "input_tokens_counted": realized(ins),
         "output_tokens_asked": realized(outs),
     }
-    if workload.dataset is not None and total > len(workload.dataset.entries):
-        info["dataset_reused"] = total - len(workload.dataset.entries)
+    if traffic.dataset is not None and total > len(traffic.dataset.entries):
+        info["dataset_reused"] = total - len(traffic.dataset.entries)
     # An uncounted prompt (no tokenizer) is sized at two tokens a word, with room for a template.
     longest = max(p.input_tokens or 2 * len(p.text.split()) + 16 for p in planned)
     per_turn = max(longest, *(asked_in or [0])) + max(outs)
-    return Plan(
-        tuple(planned), all(p.input_tokens is not None for p in planned), per_turn * workload.turns, info
-    )
+    checked = all(p.input_tokens is not None for p in planned)
+    return Plan(tuple(planned), checked, per_turn * traffic.turns, info, traffic.cache)
 
 
 def body(target: Target, messages: Sequence[Message], max_tokens: int) -> dict[str, object]:
@@ -230,12 +231,11 @@ def measure(
     *,
     model: str,
     backend: str,
-    cache: bool | None = None,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Run a planned workload and return every record and the summary (as ``runner.measure``)."""
-    target = with_cache(target, cache)
+    """Run planned traffic and return every record and the summary (as ``runner.measure``)."""
+    target = with_cache(target, built.cache)
     client.raise_open_file_limit(scenario.concurrency + client.FILES_BESIDES_SOCKETS)
     tag = secrets.token_hex(4)
     if scenario.turns == 1:
