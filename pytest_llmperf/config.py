@@ -4,7 +4,7 @@ Precedence is command line > marker > ini / pyproject. This module resolves
 the command line and the ini keys (each ``--llm-*`` flag's key is the flag
 without its dashes, ``llm_model`` for ``--llm-model``) and reads the
 ``[tool.llmperf]`` tables of pyproject.toml (models, budgets); markers are
-applied per test by ``judge.gate``. Every bad value raises ``ConfigError``
+applied per test by ``pytest.gate``. Every bad value raises ``ConfigError``
 with a sentence that says what to type instead; the plugin turns it into a
 ``pytest.UsageError``. This module must not start anything.
 """

@@ -18,6 +18,10 @@ import pytest_llmperf
 PACKAGE = Path(pytest_llmperf.__file__).parent
 LEAVES = ("pytest_llmperf.records", "pytest_llmperf.errors")
 
+PYTEST_PACKAGE = "pytest_llmperf.pytest"
+ENTRY = "pytest_llmperf.pytest.plugin"
+"""The ``pytest11`` entry point: pytest imports it, no module does."""
+
 # module or package prefix -> prefixes it may import (besides itself, for a package)
 ALLOWED: dict[str, tuple[str, ...]] = {
     "pytest_llmperf.records": (),
@@ -27,16 +31,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "pytest_llmperf.telemetry": LEAVES,
     "pytest_llmperf.servers": LEAVES,
     "pytest_llmperf.judge": (*LEAVES, "pytest_llmperf.schema", "pytest_llmperf.measure"),
-    "pytest_llmperf.judge.gate": (
-        *LEAVES,
-        "pytest_llmperf.schema",
-        "pytest_llmperf.measure",
-        "pytest_llmperf.judge",
-        "pytest_llmperf.config",
-    ),
     "pytest_llmperf.output": (*LEAVES, "pytest_llmperf.schema"),
     "pytest_llmperf.testing": (*LEAVES, "pytest_llmperf.measure", "pytest_llmperf.servers"),
     "pytest_llmperf.config": (*LEAVES, "pytest_llmperf.servers"),
+    # The fixture object (a module or a package): typed requests in, points measured, cases recorded.
     "pytest_llmperf.perf": (
         *LEAVES,
         "pytest_llmperf.schema",
@@ -60,33 +58,21 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # The command line (compare and re-render saved runs): reads JSON, judges, writes reports.
     "pytest_llmperf.cli": (*LEAVES, "pytest_llmperf.schema", "pytest_llmperf.judge", "pytest_llmperf.output"),
     "pytest_llmperf.__main__": ("pytest_llmperf.cli",),
-    # The session's per-test pytest glue: outcomes into the writers' artifacts.
-    "pytest_llmperf.testreport": (
+    # Everything that knows pytest: every stage below it, never the instruments of testing/.
+    PYTEST_PACKAGE: (
         *LEAVES,
         "pytest_llmperf.schema",
         "pytest_llmperf.config",
+        "pytest_llmperf.measure",
         "pytest_llmperf.judge",
         "pytest_llmperf.output",
-    ),
-    # The session's choice of cores, client workers and GPUs per model (issue 15).
-    "pytest_llmperf.placement": (
-        *LEAVES,
-        "pytest_llmperf.config",
-        "pytest_llmperf.measure",
         "pytest_llmperf.servers",
+        "pytest_llmperf.telemetry",
+        "pytest_llmperf.perf",
+        "pytest_llmperf.sweeps",
     ),
-    # pytest-xdist: a worker's finished results handed to the controller (issue 15); values only.
-    "pytest_llmperf.xdistmerge": LEAVES,
-    "pytest_llmperf.session": ("pytest_llmperf",),  # anything but the plugin (checked below)
-    "pytest_llmperf.plugin": ("pytest_llmperf",),
     "pytest_llmperf": LEAVES,  # __init__
 }
-PYTEST_ALLOWED = (
-    "pytest_llmperf.plugin",
-    "pytest_llmperf.session",
-    "pytest_llmperf.testreport",
-    "pytest_llmperf.judge.gate",
-)
 
 
 def module_name(path: Path) -> str:
@@ -148,10 +134,7 @@ def violations(module: str, targets: set[str]) -> list[str]:
     is_package = MODULES[module].name == "__init__.py"
     own = rule if is_package or rule != module else rule.rsplit(".", 1)[0]
     allowed = ALLOWED[rule] if own == "pytest_llmperf" else (*ALLOWED[rule], own)
-    banned = {"pytest_llmperf.plugin"} if module == "pytest_llmperf.session" else set()
-    if module not in ("pytest_llmperf.plugin", "pytest_llmperf.session"):
-        banned = {"pytest_llmperf.plugin", "pytest_llmperf.session"}
-    return sorted(t for t in targets if t in banned or not any(within(t, prefix) for prefix in allowed))
+    return sorted(t for t in targets if t == ENTRY or not any(within(t, prefix) for prefix in allowed))
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -160,7 +143,64 @@ def test_each_module_imports_only_what_its_stage_allows(module: str) -> None:
 
 
 def test_only_the_pytest_glue_imports_pytest() -> None:
-    assert sorted(m for m in MODULES if imports_pytest(m)) == sorted(PYTEST_ALLOWED)
+    assert imports_pytest(ENTRY)  # the checker sees an import of pytest
+    assert sorted(m for m in MODULES if imports_pytest(m) and not within(m, PYTEST_PACKAGE)) == []
+
+
+def private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(module: str) -> list[str]:
+    """The ``_private`` names ``module`` takes from another package module: imported by name
+    (``from pytest_llmperf.x import _y``), or read off an imported module (``x._y``)."""
+    tree = ast.parse(MODULES[module].read_text("utf-8"))
+    found: list[str] = []
+    modules: dict[str, str] = {}  # local name -> the package module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if not within(node.module, "pytest_llmperf"):
+                continue
+            for alias in node.names:
+                target = f"{node.module}.{alias.name}"
+                if target in MODULES:
+                    modules[alias.asname or alias.name] = target
+                elif private(alias.name):
+                    found.append(f"{node.module}.{alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if within(alias.name, "pytest_llmperf") and alias.asname:
+                    modules[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and private(node.attr):
+            bound = modules.get(node.value.id)
+            if bound is not None and bound != module:
+                found.append(f"{bound}.{node.attr}")
+    return sorted(set(found))
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_module_uses_another_modules_private_names(module: str) -> None:
+    assert private_uses(module) == []
+
+
+def test_the_private_name_checker_sees_both_forms(tmp_path: Path) -> None:
+    source = (
+        "from pytest_llmperf.measure import stats\n"
+        "from pytest_llmperf.judge.verdict import _hidden\n"
+        "stats._inner(1)\n"
+        "stats.public(1)\n"
+    )
+    path = tmp_path / "probe.py"
+    path.write_text(source, "utf-8")
+    MODULES["probe"] = path
+    try:
+        assert private_uses("probe") == [
+            "pytest_llmperf.judge.verdict._hidden",
+            "pytest_llmperf.measure.stats._inner",
+        ]
+    finally:
+        del MODULES["probe"]
 
 
 def test_no_import_cycle() -> None:
@@ -189,15 +229,17 @@ def test_no_import_cycle() -> None:
 @pytest.mark.parametrize(
     ("module", "target"),
     [
-        ("pytest_llmperf.perf", "pytest_llmperf.session"),
-        ("pytest_llmperf.perf", "pytest_llmperf.plugin"),
+        ("pytest_llmperf.perf", "pytest_llmperf.pytest.session"),
+        ("pytest_llmperf.perf", "pytest_llmperf.pytest.plugin"),
         ("pytest_llmperf.measure.client", "pytest_llmperf.servers.base"),
-        ("pytest_llmperf.measure.runner", "pytest_llmperf.session"),
+        ("pytest_llmperf.measure.runner", "pytest_llmperf.pytest.session"),
         ("pytest_llmperf.judge.verdict", "pytest_llmperf.output.report"),
         ("pytest_llmperf.output.report", "pytest_llmperf.judge.verdict"),
-        ("pytest_llmperf.judge.gate", "pytest_llmperf.plugin"),
-        ("pytest_llmperf.testing.harness", "pytest_llmperf.session"),
-        ("pytest_llmperf.session", "pytest_llmperf.plugin"),
+        ("pytest_llmperf.judge.evidence", "pytest_llmperf.pytest.gate"),
+        ("pytest_llmperf.judge.evidence", "pytest_llmperf.config"),
+        ("pytest_llmperf.testing.harness", "pytest_llmperf.pytest.session"),
+        ("pytest_llmperf.pytest.session", "pytest_llmperf.pytest.plugin"),
+        ("pytest_llmperf.pytest.gate", "pytest_llmperf.testing.harness"),
         ("pytest_llmperf.records", "pytest_llmperf.errors"),
     ],
 )
@@ -207,5 +249,8 @@ def test_the_checker_refuses_an_upward_import(module: str, target: str) -> None:
 
 def test_the_checker_allows_the_downward_ones() -> None:
     assert violations("pytest_llmperf.perf", {"pytest_llmperf.measure.runner", "pytest_llmperf.judge"}) == []
-    assert violations("pytest_llmperf.session", {"pytest_llmperf.perf"}) == []
+    assert (
+        violations("pytest_llmperf.pytest.session", {"pytest_llmperf.perf", "pytest_llmperf.pytest.gate"})
+        == []
+    )
     assert violations("pytest_llmperf.output.benchjson", {"pytest_llmperf.schema"}) == []

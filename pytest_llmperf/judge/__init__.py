@@ -6,8 +6,9 @@ keeps failed ones out of the history; ``noise`` is the model of how far
 unchanged runs move; ``busy`` says when the machine was too busy to
 measure; ``verdict`` compares a run with budgets and baselines and decides
 the kind; ``capacity`` searches for the highest load that still meets a
-budget; ``gate`` is the thin glue that picks each test's budgets, baseline
-runs and repeats for the plugin. No file is written and nothing is measured here;
-only ``gate`` knows pytest, and nothing imports the session, the plugin
-or the writers.
+budget; ``evidence`` picks a case's baseline runs from the history and
+measures its repeats' spread. No file is written and nothing is measured
+here, and nothing here imports pytest, the session, the plugin or the
+writers (``pytest_llmperf.pytest.gate`` reads each test's budgets, baseline
+and repeats from pytest's items and asks here).
 """

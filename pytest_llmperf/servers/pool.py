@@ -119,6 +119,29 @@ def startup_seconds(server: Server) -> float | None:
     return float(value) if isinstance(value, (int, float)) and value > 0 else None
 
 
+@dataclass(frozen=True)
+class PoolSetup:
+    """What a ``ServerPool`` works with: its collaborators, and the size new servers get at first.
+
+    ``pinned_slots`` names the option that fixes the slots (a restart cannot
+    change them); ``options`` are the backend knobs (``--llm-server-option``);
+    ``attached`` says (per model, or for all) that a server is attached to,
+    not started, so its size is not ours to check.
+    """
+
+    specs: Mapping[str, ModelSpec]
+    backend_for: Callable[[str], str]
+    request_for: RequestFor
+    launch: Launch
+    fits: FitCheck
+    progress: Progress
+    slots: int
+    context_tokens: int
+    pinned_slots: str | None = None
+    options: Mapping[str, str] | None = None
+    attached: bool | Callable[[str], bool] = False
+
+
 @dataclass
 class _Size:
     slots: int
@@ -128,31 +151,17 @@ class _Size:
 class ServerPool:
     """One server per model; ``slots`` and ``context_tokens`` are the sizes new servers get."""
 
-    def __init__(
-        self,
-        *,
-        specs: Mapping[str, ModelSpec],
-        backend_for: Callable[[str], str],
-        request_for: RequestFor,
-        launch: Launch,
-        fits: FitCheck,
-        progress: Progress,
-        slots: int,
-        context_tokens: int,
-        pinned_slots: str | None = None,
-        options: Mapping[str, str] | None = None,
-        attached: bool | Callable[[str], bool] = False,
-    ) -> None:
-        self._specs = specs
-        self._backend_for = backend_for
-        self._request_for = request_for
-        self._launch = launch
-        self._fits = fits
-        self._progress = progress
-        self.size = _Size(slots, context_tokens)
-        self._pinned_slots = pinned_slots
-        self._options = dict(options or {})
-        self._attached = attached
+    def __init__(self, setup: PoolSetup) -> None:
+        self._specs = setup.specs
+        self._backend_for = setup.backend_for
+        self._request_for = setup.request_for
+        self._launch = setup.launch
+        self._fits = setup.fits
+        self._progress = setup.progress
+        self.size = _Size(setup.slots, setup.context_tokens)
+        self._pinned_slots = setup.pinned_slots
+        self._options = dict(setup.options or {})
+        self._attached = setup.attached
         self.servers: dict[str, LiveServer] = {}
         self.dead: dict[str, str] = {}
         self._lock = threading.Lock()

@@ -18,7 +18,7 @@ from pytest_llmperf.errors import ServerDiedError, ServerStartError
 from pytest_llmperf.records import Capabilities
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.servers.pool import DoesNotFit, ServerPool, TooBig
+from pytest_llmperf.servers.pool import DoesNotFit, PoolSetup, ServerPool, TooBig
 
 CAPS = Capabilities(api="completions", exact_output=True, usage_in_stream=True)
 SPEC = ModelSpec(name="m", context=32768, default_backend="llamacpp")
@@ -71,16 +71,20 @@ class Harness:
             return server
 
         return ServerPool(
-            specs={"m": SPEC},
-            backend_for=lambda _model: "llamacpp",
-            request_for=lambda spec, slots, context: LaunchRequest(spec, slots, context, Path("/tmp")),
-            launch=launch,
-            fits=lambda _spec, _backend, slots, _context: None if self.fits else f"{slots} slots need 99 GB",
-            progress=self.lines.append,
-            slots=4,
-            context_tokens=2048,
-            pinned_slots=pinned,
-            options=options,
+            PoolSetup(
+                specs={"m": SPEC},
+                backend_for=lambda _model: "llamacpp",
+                request_for=lambda spec, slots, context: LaunchRequest(spec, slots, context, Path("/tmp")),
+                launch=launch,
+                fits=lambda _spec, _backend, slots, _context: (
+                    None if self.fits else f"{slots} slots need 99 GB"
+                ),
+                progress=self.lines.append,
+                slots=4,
+                context_tokens=2048,
+                pinned_slots=pinned,
+                options=options,
+            )
         )
 
 

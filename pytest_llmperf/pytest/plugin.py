@@ -1,7 +1,8 @@
 """The pytest11 entry point: options, ini keys, markers, fixtures and hooks.
 
 Everything stateful lives in ``LlmPerfSession`` (``session.py``), kept in
-``config.stash``; this module only declares things and delegates. Heavy
+``config.stash``, and its parts (servers, recording, reporting); this module
+only declares things and delegates. Heavy
 modules are imported when a test needs a server, not at plugin load.
 """
 
@@ -19,8 +20,8 @@ from pytest_llmperf.errors import ConfigError, LlmPerfError
 
 if TYPE_CHECKING:
     from pytest_llmperf.perf import LlmPerf
+    from pytest_llmperf.pytest.session import LlmPerfSession
     from pytest_llmperf.servers.base import Server
-    from pytest_llmperf.session import LlmPerfSession
 
 SESSION_KEY = pytest.StashKey["LlmPerfSession"]()
 SALT_KEY = "llmperf_prompt_salt"
@@ -66,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if worker_salt:
         # A pytest-xdist worker sends the controller's prompts: one salt, printed once, repeats them all.
         settings = dataclasses.replace(settings, prompt_salt=worker_salt)
-    from pytest_llmperf.session import LlmPerfSession
+    from pytest_llmperf.pytest.session import LlmPerfSession
 
     bench_json = config.getoption("benchmark_json", None)
     if isinstance(bench_json, (str, Path)):
@@ -77,7 +78,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SESSION_KEY] = LlmPerfSession(config, settings)
     except LlmPerfError as exc:
         raise pytest.UsageError(str(exc)) from None
-    # pytest's outcomes for the mark on the saved run (judge.gate.SessionTally).
+    # pytest's outcomes for the mark on the saved run (gate.SessionTally).
     config.pluginmanager.register(config.stash[SESSION_KEY].gate.tally, "llmperf-session-tally")
 
 
@@ -98,15 +99,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if SESSION_KEY in config.stash:
         session = _session(config)
         session.close()
-        session.restore_signal_handlers()
+        session.servers.restore_signal_handlers()
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if config.getoption("llm_fit", False):
-        from pytest_llmperf.session import LlmPerfSession
+        from pytest_llmperf.pytest.reporting import fit_table
 
-        print(LlmPerfSession.fit_table(config))
+        print(fit_table(config))
         return 0
     return None
 
@@ -134,12 +135,23 @@ def llm_server(request: pytest.FixtureRequest, llm_model: str) -> Iterator[Serve
 
     It follows restarts: when a run needs more slots or context, the value is the new server.
     """
-    session = _session(request.config)
-    server = session.start_server(llm_model)
+    servers = _session(request.config).servers
+    if servers.basetemp is None:
+        servers.basetemp = _basetemp(request)
+    server = servers.start(llm_model)
     try:
         yield server
     finally:
-        session.stop_server(llm_model)
+        servers.stop(llm_model)
+
+
+def _basetemp(request: pytest.FixtureRequest) -> Path | None:
+    """pytest's base temporary directory, where the servers' logs go; ``None`` under ``-p no:tmpdir``."""
+    try:
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+    except pytest.FixtureLookupError:
+        return None
+    return factory.getbasetemp()
 
 
 @pytest.fixture
@@ -149,10 +161,10 @@ def llm_perf(
     """Runs measured scenarios against the model's server: ``llm_perf.run(input_tokens=..., ...)``."""
     session = _session(request.config)
     # A model whose server died errors here, at setup, before its benchmark entry is opened.
-    session.check_server(llm_model, llm_server)
+    session.servers.check(llm_model, llm_server)
     benchmark = request.getfixturevalue("benchmark")
-    yield session.perf_for(request.node, llm_model, llm_server, benchmark)
-    session.release(request.node, benchmark)
+    yield session.recording.perf_for(request.node, llm_model, llm_server, benchmark)
+    session.recording.release(request.node, benchmark)
 
 
 def _one_line(item: pytest.Item, when: str) -> Generator[None, object, object]:
@@ -162,7 +174,7 @@ def _one_line(item: pytest.Item, when: str) -> Generator[None, object, object]:
     except LlmPerfError as exc:
         if SESSION_KEY not in item.config.stash:
             raise
-        raise _session(item.config).failure(item, exc, when) from None
+        raise _session(item.config).recording.failure(item, exc, when) from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -175,7 +187,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
     result = yield from _one_line(item, "call")
     # The test body passed; a budget, regression or invalid measurement still fails it.
     if SESSION_KEY in item.config.stash:
-        _session(item.config).enforce(item)
+        _session(item.config).recording.enforce(item)
     return result
 
 
@@ -189,7 +201,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     if SESSION_KEY in item.config.stash:
         # The test's outcome, final at teardown, goes into every artifact from here.
-        _session(item.config).on_report(item, call, report)
+        _session(item.config).recording.on_report(item, call, report)
     return report
 
 
@@ -204,8 +216,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     # First, so pytest-benchmark's own table (printed after ours) shows only when asked for.
     if SESSION_KEY in config.stash:
         session = _session(config)
-        session.terminal_summary(terminalreporter)
-        session.hide_benchmark_table()
+        session.reporting.terminal_summary(terminalreporter)
+        session.recording.hide_benchmark_table()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -216,7 +228,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[
     if SESSION_KEY in session.config.stash:
         ours = _session(session.config)
         ours.finish()
-        ours.before_benchmark_save()
+        ours.recording.before_benchmark_save()
     return (yield)
 
 
@@ -231,7 +243,7 @@ def pytest_configure_node(node: Any) -> None:
 def pytest_testnodedown(node: Any, error: object) -> None:
     # pytest-xdist's controller: a worker finished; merge its entries, table rows and report rows.
     if SESSION_KEY in node.config.stash:
-        _session(node.config).merge_worker(node)
+        _session(node.config).recording.merge_worker(node)
 
 
 def pytest_benchmark_update_json(
@@ -241,17 +253,17 @@ def pytest_benchmark_update_json(
         from pytest_llmperf.schema import RUN_MARK_KEY
 
         session = _session(config)
-        session.update_json(output_json, benchmarks)
+        session.recording.update_json(output_json, benchmarks)
         # A failed, errored, invalid or interrupted session is marked so, and never becomes a baseline.
         output_json[RUN_MARK_KEY] = session.gate.tally.mark()
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     if SESSION_KEY in config.stash:
-        machine_info["llmperf"] = _session(config).machine_info()
+        machine_info["llmperf"] = _session(config).reporting.machine_info()
 
 
-# -- issue 14: interleaved repeats and the mark on a saved run (judge.gate owns both) ---------
+# -- issue 14: interleaved repeats and the mark on a saved run (gate owns both) ---------------
 
 
 @pytest.fixture
@@ -261,7 +273,7 @@ def llm_repeat() -> int | None:
 
 
 def _parametrize_repeats(metafunc: pytest.Metafunc, repeats: int) -> None:
-    from pytest_llmperf.judge.gate import REPEAT_PARAM, repeat_id
+    from pytest_llmperf.pytest.gate import REPEAT_PARAM, repeat_id
 
     if repeats > 1 and "llm_perf" in metafunc.fixturenames:
         values = list(range(1, repeats + 1))

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_llmperf.config import Settings, resolve
 from pytest_llmperf.measure.runner import ClientSettings
-from pytest_llmperf.placement import Placement
+from pytest_llmperf.pytest.placement import Placement
 
 
 def settings(**cli: object) -> Settings:

@@ -20,7 +20,8 @@ worker's entries survived. Instead:
 
 This module moves finished values only: it must not measure or judge. It
 relies on pytest-benchmark 5.x's session attributes (``benchmarks``,
-``json``, ``save``, ``autosave``), as ``output.benchjson`` does.
+``json``, ``save``, ``autosave``), as ``output.benchjson`` does; the session
+object comes from ``benchsession.benchmark_session``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import base64
 import json
 import pickle
 from typing import Any
+
+import pytest
+
+from pytest_llmperf.pytest.benchsession import benchmark_session
 
 KEY = "llmperf"
 """The key of ``config.workeroutput`` this plugin writes."""
@@ -91,13 +96,13 @@ def pack(benchmarks: list[Any], finished: list[Any], notes: list[str], warnings:
     }
 
 
-def silence(benchmark_session: Any) -> None:
+def silence(bs: Any) -> None:
     """Keep a worker's pytest-benchmark from saving (the controller saves everyone's) or warning
     that it was turned off (it was not: the controller saves every entry)."""
-    benchmark_session.json = None
-    benchmark_session.save = None
-    benchmark_session.autosave = None
-    benchmark_session.xdist_benchmark_found = False
+    bs.json = None
+    bs.save = None
+    bs.autosave = None
+    bs.xdist_benchmark_found = False
 
 
 def unpack(payload: dict[str, str], benchmarks: list[Any]) -> tuple[list[Any], list[str], list[str]]:
@@ -112,17 +117,17 @@ def unpack(payload: dict[str, str], benchmarks: list[Any]) -> tuple[list[Any], l
 
 def hand_over(config: Any, finished: list[Any], notes: list[str], warnings: list[str]) -> None:
     """A worker's end of the session: its results into ``config.workeroutput``, its saving off."""
-    bs = getattr(config, "_benchmarksession", None)
+    bs = benchmark_session(config)
     config.workeroutput[KEY] = pack(list(bs.benchmarks) if bs is not None else [], finished, notes, warnings)
     if bs is not None:
         silence(bs)
 
 
-def take_over(config: Any, node: Any) -> tuple[list[Any], list[str], list[str]]:
+def take_over(config: pytest.Config, node: Any) -> tuple[list[Any], list[str], list[str]]:
     """The controller's side, as worker ``node`` goes down: its entries into this session's
     pytest-benchmark; its finished tests, notes and warnings returned (empty if it sent none)."""
     payload = getattr(node, "workeroutput", {}).get(KEY)
     if not payload:
         return [], [], []
-    bs = getattr(config, "_benchmarksession", None)
+    bs = benchmark_session(config)
     return unpack(payload, bs.benchmarks if bs is not None else [])
