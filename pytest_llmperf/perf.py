@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf import sweeps
 from pytest_llmperf.config import Settings
-from pytest_llmperf.errors import ConfigError, ServerDiedError
+from pytest_llmperf.errors import ConfigError, ServerDiedError, TooBig
 from pytest_llmperf.judge import capacity as capacity_search
 from pytest_llmperf.judge.budgets import Budgets
 from pytest_llmperf.measure import client, stats
@@ -44,7 +44,6 @@ from pytest_llmperf.output.requestlog import RequestLog
 from pytest_llmperf.records import Arrival, CaseResult, Outcome, RequestRecord, RunResult, Scenario, Slo
 from pytest_llmperf.servers.base import Server
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.servers.pool import TooBig
 from pytest_llmperf.sweeps import CapacityResult, Sweep
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ import pytest
 
 from pytest_llmperf import schema, xdistmerge
 from pytest_llmperf.config import Settings
-from pytest_llmperf.errors import ConfigError, LlmPerfError
+from pytest_llmperf.errors import ConfigError, DoesNotFit, LlmPerfError
 from pytest_llmperf.judge.gate import Gate
 from pytest_llmperf.output import benchjson
 from pytest_llmperf.output.report import junit_properties
@@ -45,7 +45,7 @@ from pytest_llmperf.records import CaseResult, Outcome, RunResult
 from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
-from pytest_llmperf.servers.pool import DoesNotFit, ServerPool
+from pytest_llmperf.servers.pool import ServerPool
 from pytest_llmperf.testreport import TestReports
 
 DEFAULT_MAX_CONCURRENCY = 4

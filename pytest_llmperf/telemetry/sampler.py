@@ -35,10 +35,10 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
+from pytest_llmperf.errors import ProcessGone
 from pytest_llmperf.telemetry.gpu import GpuAggregate, GpuReader
 from pytest_llmperf.telemetry.host import (
     HostReader,
-    ProcessGone,
     PsutilHostReader,
     PsutilTreeReader,
     TreeReader,

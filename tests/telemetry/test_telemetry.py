@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+from pytest_llmperf.errors import ProcessGone
 from pytest_llmperf.telemetry import (
     GpuProbe,
     GpuReading,
@@ -34,7 +35,6 @@ from pytest_llmperf.telemetry import nvml as nvml_module
 from pytest_llmperf.telemetry.gpu import GpuDevice, GpuDriver, throttle_names
 from pytest_llmperf.telemetry.host import (
     HostReading,
-    ProcessGone,
     PsutilHostReader,
     PsutilTreeReader,
     TreeReading,
