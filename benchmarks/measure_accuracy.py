@@ -181,7 +181,7 @@ def _sampler(server: DetServer, interval_s: float) -> Any:
     kwargs: dict[str, Any] = {"interval_s": interval_s, "server_pid": server.process.pid}
     try:
         from pytest_llmperf.measure import workers
-        from pytest_llmperf.telemetry.load import PsutilClientReader
+        from pytest_llmperf.telemetry.cpuload import PsutilClientReader
 
         if _supports(PsutilClientReader, "extra_pids"):
             kwargs["client_reader"] = lambda: PsutilClientReader(extra_pids=workers.client_pids)

@@ -317,7 +317,7 @@ class LlmPerf:
         from pytest_llmperf import telemetry
         from pytest_llmperf.measure import runner, workers
         from pytest_llmperf.measure import workload as workloads
-        from pytest_llmperf.telemetry.load import PsutilClientReader
+        from pytest_llmperf.telemetry.cpuload import PsutilClientReader
 
         settings = self._settings
         prompt_salt = f"{self._prompt_salt}/{self.nodeid}{salt}"

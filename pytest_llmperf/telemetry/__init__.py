@@ -17,7 +17,7 @@ Modules: ``sampler`` (the thread), ``host`` (psutil readers), ``gpu``
 (reader protocol, aggregation, energy), ``nvml`` (the NVML reader and the
 session's probe), ``promtext`` (Prometheus text
 parser), ``servermetrics`` (which server metrics matter, Ollama ``/api/ps``,
-TTFT cross-check), ``load`` (who used the CPU: the "machine busy"
+TTFT cross-check), ``cpuload`` (CPU load: who used the CPU, the "machine busy"
 evidence), ``machine`` (hardware for ``machine_info``), ``shapes``
 (the JSON shapes, documented there), ``running`` (running mean/max).
 

@@ -19,7 +19,8 @@ Gauges on ``/metrics`` are polled at ``metrics_interval_s`` (1 s), slower
 than the rest, because the server renders that page on its serving path.
 
 Each sample also splits the host's CPU time between the server, this
-process (the client) and everything else (``load``), the evidence a
+process (the client) and everything else (CPU load, ``telemetry.cpuload``;
+its summary key is ``load``), the evidence a
 "machine busy" verdict rests on.
 
 Every source fails alone: an exception from one becomes one entry in
@@ -36,20 +37,20 @@ from collections.abc import Callable
 from types import TracebackType
 
 from pytest_llmperf.errors import ProcessGone
+from pytest_llmperf.telemetry.cpuload import (
+    ClientReader,
+    CpuLoadAggregate,
+    PsutilClientReader,
+    freq_ratio,
+    server_threads,
+    throttle_count,
+)
 from pytest_llmperf.telemetry.gpu import GpuAggregate, GpuReader
 from pytest_llmperf.telemetry.host import (
     HostReader,
     PsutilHostReader,
     PsutilTreeReader,
     TreeReader,
-)
-from pytest_llmperf.telemetry.load import (
-    ClientReader,
-    LoadAggregate,
-    PsutilClientReader,
-    freq_ratio,
-    server_threads,
-    throttle_count,
 )
 from pytest_llmperf.telemetry.nvml import DEFAULT_GPU, DefaultGpu, default_probe
 from pytest_llmperf.telemetry.running import RunningStat
@@ -114,14 +115,14 @@ class Sampler:
         self._gpus: list[GpuAggregate] = []
         self._summary: TelemetrySummary | None = None
         self._started = False
-        # "Machine busy" evidence: who used the CPU (telemetry.load).
+        # "Machine busy" evidence: who used the CPU (telemetry.cpuload).
         self._client_factory = client_reader
         self._client: ClientReader | None = None
         self._threads = threads
-        self._load = LoadAggregate(throttle=throttle, freq=freq)
+        self._cpu_load = CpuLoadAggregate(throttle=throttle, freq=freq)
         self._host_pct: tuple[tuple[float, ...], tuple[float, ...] | None] | None = None
         self._server_cores: float | None = None
-        self._load_on = True
+        self._cpu_load_on = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -151,7 +152,7 @@ class Sampler:
             self._guard("server process", self._baseline_tree)
         if self._client_factory is not None:
             self._guard("client process", self._baseline_client)
-        self._guard("load", self._baseline_load)
+        self._guard("load", self._baseline_cpu_load)
         if self._gpu is not None:
             self._guard("gpu", self._baseline_gpu)
         if self._metrics is not None:
@@ -170,7 +171,7 @@ class Sampler:
             self._stop.set()
             self._thread.join()
         self._t_end = self._clock()
-        self._guard("load", self._load.finish)
+        self._guard("load", self._cpu_load.finish)
         server_metrics = self._metrics.finish() if self._metrics is not None else None
         if self._ollama is not None:
             self._ollama.poll()
@@ -213,8 +214,8 @@ class Sampler:
                 self._guard("host", lambda: self._sample_host(point))
             if self._tree is not None:
                 self._guard("server process", lambda: self._sample_tree(now, point))
-            if self._load_on:
-                self._guard("load", lambda: self._sample_load(now))
+            if self._cpu_load_on:
+                self._guard("load", lambda: self._sample_cpu_load(now))
             if self._gpu is not None:
                 self._guard("gpu", lambda: self._sample_gpu(point))
             if now - self._last_poll >= self.metrics_interval_s:
@@ -250,7 +251,7 @@ class Sampler:
         elif source == "client process":
             self._client = None
         elif source == "load":
-            self._load_on = False
+            self._cpu_load_on = False
         elif source == "gpu":
             self._gpu = None
             if self._from_probe:
@@ -270,16 +271,16 @@ class Sampler:
         self._client = self._client_factory()
         self._client.read(self._t0)
 
-    def _baseline_load(self) -> None:
+    def _baseline_cpu_load(self) -> None:
         if self.server_pid is not None:
-            self._load.threads = self._threads(self.server_pid)
-        self._load.begin()
+            self._cpu_load.threads = self._threads(self.server_pid)
+        self._cpu_load.begin()
 
-    def _sample_load(self, now: float) -> None:
+    def _sample_cpu_load(self, now: float) -> None:
         client = self._client.read(now) if self._client is not None else None
         if self._host_pct is not None:
             per_core, steal = self._host_pct
-            self._load.add(per_core, steal, client, self._server_cores)
+            self._cpu_load.add(per_core, steal, client, self._server_cores)
 
     def _baseline_gpu(self) -> None:
         assert self._gpu is not None
@@ -381,7 +382,7 @@ class Sampler:
             }
         if self._gpus:
             out["gpu"] = [agg.summary() for agg in self._gpus]
-        load = self._load.summary()
+        load = self._cpu_load.summary()
         if load is not None:
             out["load"] = load
         return out

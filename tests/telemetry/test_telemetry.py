@@ -394,7 +394,7 @@ def test_sampler_summary_is_exact_with_scripted_readers() -> None:
         keep_series=True,
         clock=clock,
         thread_clock=Clock(0.0, 0.0005),  # read twice per sample: 0.5 ms of thread CPU each
-        client_reader=None,  # the client's share is test_load's subject
+        client_reader=None,  # the client's share is test_cpuload's subject
         threads=lambda pid: 2,
         throttle=lambda: None,
         freq=lambda: None,

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.telemetry import Sampler
+from pytest_llmperf.telemetry.cpuload import PsutilClientReader, requested_threads, throttle_count
 from pytest_llmperf.telemetry.host import HostReading, TreeReading, core_steal_percentages
-from pytest_llmperf.telemetry.load import PsutilClientReader, requested_threads, throttle_count
 
 
 class Clock:
