@@ -332,13 +332,17 @@ class LlmPerf:
         sampler: telemetry.Sampler | None = None
         if settings.telemetry_interval_s > 0:
             sampler = telemetry.Sampler(
-                interval_s=settings.telemetry_interval_s,
-                server_pid=self.server.pid,
-                metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
-                ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
-                keep_series=settings.telemetry_series,
-                # Client worker processes are the client's CPU, not "others" (telemetry.load).
-                client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids),
+                telemetry.SamplerConfig(
+                    interval_s=settings.telemetry_interval_s,
+                    server_pid=self.server.pid,
+                    metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
+                    ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
+                    keep_series=settings.telemetry_series,
+                ),
+                # Client worker processes are the client's CPU, not "others" (telemetry.cpuload).
+                telemetry.SamplerSources(
+                    client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids)
+                ),
             )
         log = RequestLog.open(settings.save_requests, self.nodeid, self.model, self.backend)
         live = LiveProgress(self._progress, label, scenario)
