@@ -360,7 +360,7 @@ class LlmPerf:
         try:
             if built is None:
                 result = runner.measure(
-                    self._target(), scenario, model=self.model, backend=self.backend,
+                    runner.Subject(self._target(), self.model, self.backend), scenario,
                     on_record=on_record, on_measured=on_measured, prompt_salt=prompt_salt,
                     client_settings=self._client() if self._client is not None else None,
                 )  # fmt: skip

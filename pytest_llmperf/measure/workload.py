@@ -192,11 +192,7 @@ def _prepare(
     return client.prepare(
         target,
         p.text,
-        request_id=request_id,
-        scenario=scenario.name,
-        input_tokens=p.input_tokens or 0,
-        max_tokens=p.output_tokens,
-        warmup=warmup,
+        client.RequestSpec(request_id, scenario.name, p.input_tokens or 0, p.output_tokens, warmup),
         body=body(target, p.messages, p.output_tokens) if p.messages else None,
     )
 
