@@ -247,7 +247,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llmperf-bench-") as tmp:
         for itl_ms in args.itl_ms:
             with running_detserver(
-                Path(tmp), ttft_ms=TTFT_MS, itl_ms=itl_ms, args=["--stamp-tokens"], name=f"itl{itl_ms:g}"
+                Path(tmp) / f"itl{itl_ms:g}", ttft_ms=TTFT_MS, itl_ms=itl_ms, args=["--stamp-tokens"]
             ) as server:
                 if pin:
                     os.sched_setaffinity(server.process.pid, {cpus[0]})
