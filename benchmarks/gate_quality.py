@@ -258,13 +258,12 @@ def det_servers(work: Path, itl_scale: float) -> Iterator[tuple[str, str]]:
     noise = ["--jitter-ms", "0.2"]
     with (
         running_detserver(
-            work / "det", ttft_ms=20, itl_ms=2, name="same", model="org/det", args=[*noise, "--seed", "1"]
+            work / "same", ttft_ms=20, itl_ms=2, model="org/det", args=[*noise, "--seed", "1"]
         ) as same,
         running_detserver(
-            work / "det",
+            work / "slow",
             ttft_ms=20,
             itl_ms=2,
-            name="slow",
             model="org/det",
             args=[*noise, "--seed", "2", "--itl-scale", str(itl_scale)],
         ) as slow,

@@ -38,6 +38,7 @@ the plugin does for servers it starts on this host's CPUs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import json
 import os
@@ -178,16 +179,23 @@ def _sampler(server: DetServer, interval_s: float) -> Any:
         return None
     from pytest_llmperf import telemetry
 
-    kwargs: dict[str, Any] = {"interval_s": interval_s, "server_pid": server.process.pid}
+    config: dict[str, Any] = {"interval_s": interval_s, "server_pid": server.process.pid}
+    sources: dict[str, Any] = {}
     try:
         from pytest_llmperf.measure import workers
-        from pytest_llmperf.telemetry.load import PsutilClientReader
 
-        if _supports(PsutilClientReader, "extra_pids"):
-            kwargs["client_reader"] = lambda: PsutilClientReader(extra_pids=workers.client_pids)
+        try:
+            cpuload = importlib.import_module("pytest_llmperf.telemetry.cpuload")
+        except ImportError:  # before telemetry.load was renamed telemetry.cpuload
+            cpuload = importlib.import_module("pytest_llmperf.telemetry.load")
+        reader = cpuload.PsutilClientReader
+        if _supports(reader, "extra_pids"):
+            sources["client_reader"] = lambda: reader(extra_pids=workers.client_pids)
     except ImportError:  # an older version: this process is the whole client
         pass
-    return telemetry.Sampler(**kwargs)
+    if hasattr(telemetry, "SamplerConfig"):
+        return telemetry.Sampler(telemetry.SamplerConfig(**config), telemetry.SamplerSources(**sources))
+    return telemetry.Sampler(**config, **sources)  # before SamplerConfig and SamplerSources
 
 
 HEADER = (
@@ -239,7 +247,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="llmperf-bench-") as tmp:
         for itl_ms in args.itl_ms:
             with running_detserver(
-                Path(tmp), ttft_ms=TTFT_MS, itl_ms=itl_ms, args=["--stamp-tokens"], name=f"itl{itl_ms:g}"
+                Path(tmp) / f"itl{itl_ms:g}", ttft_ms=TTFT_MS, itl_ms=itl_ms, args=["--stamp-tokens"]
             ) as server:
                 if pin:
                     os.sched_setaffinity(server.process.pid, {cpus[0]})

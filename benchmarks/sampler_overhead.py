@@ -36,7 +36,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from pytest_llmperf.telemetry import Sampler
+from pytest_llmperf.telemetry import Sampler, SamplerConfig, SamplerSources
 
 PAGE = Path(__file__).resolve().parent.parent / "tests" / "data" / "telemetry" / "vllm_metrics_after.prom"
 
@@ -96,18 +96,25 @@ def main() -> None:
         try:
             every = args.interval
             pid = server.pid
+            no_gpu = SamplerSources(gpu=None)
             configs: list[tuple[str, Callable[[], Sampler] | None]] = [
                 ("no sampler (loop noise)", None),
-                ("host only", lambda: Sampler(interval_s=every, gpu=None)),
-                ("host + server tree", lambda: Sampler(interval_s=every, gpu=None, server_pid=pid)),
+                ("host only", lambda: Sampler(SamplerConfig(interval_s=every), no_gpu)),
+                (
+                    "host + server tree",
+                    lambda: Sampler(SamplerConfig(interval_s=every, server_pid=pid), no_gpu),
+                ),
                 (
                     "host + tree + /metrics at 1 Hz",
-                    lambda: Sampler(interval_s=every, gpu=None, server_pid=pid, metrics_url=url),
+                    lambda: Sampler(SamplerConfig(interval_s=every, server_pid=pid, metrics_url=url), no_gpu),
                 ),
                 (
                     "host + tree + /metrics at 10 Hz",
                     lambda: Sampler(
-                        interval_s=every, gpu=None, server_pid=pid, metrics_url=url, metrics_interval_s=every
+                        SamplerConfig(
+                            interval_s=every, server_pid=pid, metrics_url=url, metrics_interval_s=every
+                        ),
+                        no_gpu,
                     ),
                 ),
             ]

@@ -26,7 +26,14 @@ from typing import Any
 from pytest_llmperf.errors import LlmPerfError
 from pytest_llmperf.judge import verdict
 from pytest_llmperf.judge.baseline import Baseline, load_baseline
-from pytest_llmperf.judge.noise import CaseRun, compare_case, history_spread, repeat_spread
+from pytest_llmperf.judge.noise import (
+    CaseRun,
+    Correction,
+    PooledSpreads,
+    compare_case,
+    history_spread,
+    repeat_spread,
+)
 from pytest_llmperf.output import report
 from pytest_llmperf.records import Comparison
 from pytest_llmperf.schema import SAMPLE_METRICS
@@ -99,9 +106,8 @@ def compare_runs(
                 [CaseRun.from_entries(llms) for _, llms in history],
                 CaseRun.from_entries(now),
                 tolerances,
-                pooled_history=pooled_history if len(history) >= 2 else {},
-                pooled_repeats=pooled_repeats,
-                comparisons=comparisons_total,
+                pooled=PooledSpreads(pooled_history if len(history) >= 2 else {}, pooled_repeats),
+                correction=Correction(comparisons_total),
                 samples="capacity" not in now[0],
             )
         by_metric = {c.metric: c for c in found}

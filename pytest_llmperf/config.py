@@ -391,48 +391,70 @@ def load_pyproject(rootdir: Path) -> dict[str, Any]:
     return table
 
 
-def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settings:
-    """Command line first, then the ini key (or its 0.1 plural), then the option's default."""
-    notices: list[str] = []
+class _Values:
+    """Each option's value: command line first, then the ini key (or its 0.1 plural), then the default.
 
-    def get(dest: str) -> object:
+    A value outside the option's ``choices`` is refused here, wherever it came
+    from (argparse checks only the command line's).
+    """
+
+    def __init__(self, cli: Getter, ini: IniGetter) -> None:
+        self._cli = cli
+        self._ini = ini
+        self.notices: list[str] = []
+
+    def get(self, dest: str) -> object:
         option = next(o for o in OPTIONS if o.dest == dest)
-        value = cli(option)
+        value = self._cli(option)
         if value in (None, [], False) and option.ini_type is not None:
-            value = ini(option.dest)
-            legacy = option.legacy_ini_key
-            if value in ("", [], None) and legacy is not None:
-                value = ini(legacy)
-                if value not in ("", [], None):
-                    notice = (
-                        f"ini key {legacy} is deprecated and will stop working in the next release: "
-                        f"rename it to {option.dest} (the flag {option.flag} without its dashes)"
-                    )
-                    if notice not in notices:
-                        notices.append(notice)
-            if value in ("", []):
-                value = None
-        return option.default if value in (None, []) else value
+            value = self._from_ini(option)
+        value = option.default if value in (None, []) else value
+        if option.choices is not None and value is not None and str(value) not in option.choices:
+            raise ConfigError(f"{option.flag} takes {_one_of(option.choices)}, not {str(value)!r}")
+        return value
 
-    backend = get("llm_backend")
+    def _from_ini(self, option: Option) -> object:
+        value = self._ini(option.dest)
+        legacy = option.legacy_ini_key
+        if value in ("", [], None) and legacy is not None:
+            value = self._ini(legacy)
+            if value not in ("", [], None):
+                notice = (
+                    f"ini key {legacy} is deprecated and will stop working in the next release: "
+                    f"rename it to {option.dest} (the flag {option.flag} without its dashes)"
+                )
+                if notice not in self.notices:
+                    self.notices.append(notice)
+        return None if value in ("", []) else value
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    """``a or b``; ``one of a, b, c``."""
+    return " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
+
+
+def _mode(value: object) -> HardwareMode:
+    """A ``MISMATCH_MODES`` value, already checked against the option's choices."""
+    return next(mode for mode in MISMATCH_MODES if mode == value)
+
+
+def _check_backend(backend: object) -> None:
     if backend is not None and backend not in BACKENDS:
         from pytest_llmperf.servers.backends import backend_names
 
         known = backend_names()  # built-ins, then third-party entry points
         if backend not in known:
             raise ConfigError(f"unknown backend {backend!r}: use one of {', '.join(known)}")
-    mismatch_raw = str(get("llm_hardware_mismatch"))
-    mismatch = next((mode for mode in MISMATCH_MODES if mode == mismatch_raw), None)
-    if mismatch is None:
-        raise ConfigError(
-            f"--llm-hardware-mismatch takes one of {', '.join(MISMATCH_MODES)}, not {mismatch_raw!r}"
-        )
-    raw_url = get("llm_base_url")
+
+
+def _attach(values: _Values, backend: object) -> tuple[str | None, tuple[str, str] | None]:
+    """``--llm-base-url`` without its credentials, and the credentials; checked against the backend."""
+    raw_url = values.get("llm_base_url")
     base_url, credentials = split_credentials(str(raw_url)) if raw_url is not None else (None, None)
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         shown = base_url.rpartition("@")[2]  # without a scheme, userinfo is not split off above
         raise ConfigError(f"--llm-base-url must start with http:// or https://, not {shown!r}")
-    if credentials is not None and get("llm_api_key_env"):
+    if credentials is not None and values.get("llm_api_key_env"):
         raise ConfigError(
             "--llm-base-url carries credentials (user:password@) and --llm-api-key-env names a key: "
             "give one of them (the URL's are sent as HTTP basic auth, the key as a bearer token)"
@@ -449,17 +471,21 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
             f"--llm-base-url attaches to a running server, but --llm-backend={backend} starts one: "
             "use --llm-backend=openai (or ollama) with --llm-base-url, or drop --llm-base-url"
         )
-    busy_raw = str(get("llm_busy_machine"))
-    busy = next((mode for mode in MISMATCH_MODES if mode == busy_raw), None)
-    if busy is None:
-        raise ConfigError(f"--llm-busy-machine takes one of {', '.join(MISMATCH_MODES)}, not {busy_raw!r}")
+    return base_url, credentials
+
+
+def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settings:
+    """Command line first, then the ini key (or its 0.1 plural), then the option's default."""
+    values = _Values(cli, ini)
+    get = values.get
+    backend = get("llm_backend")
+    _check_backend(backend)
+    mismatch = _mode(get("llm_hardware_mismatch"))
+    base_url, credentials = _attach(values, backend)
+    busy = _mode(get("llm_busy_machine"))
     max_conc = get("llm_max_concurrency")
     connections = str(get("llm_connections"))
-    if connections not in CONNECTION_MODES:
-        raise ConfigError(f"--llm-connections takes keep-alive or per-request, not {connections!r}")
     pinning = str(get("llm_cpu_pinning"))
-    if pinning not in PINNING_MODES:
-        raise ConfigError(f"--llm-cpu-pinning takes auto or off, not {pinning!r}")
     gpus = get("llm_gpus_per_worker")
     models = tuple(dict.fromkeys(m.strip() for m in _list(get("llm_model")) if m.strip()))
     return Settings(
@@ -485,7 +511,7 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         telemetry_series=bool(get("llm_telemetry_series")),
         adaptive=bool(get("llm_adaptive")),
         pyproject=pyproject,
-        notices=tuple(notices),
+        notices=tuple(values.notices),
         prompt_salt=str(get("llm_prompt_salt") or secrets.token_hex(4)),
         url_credentials=credentials,
         repeat=int(_number(get("llm_repeat"), "--llm-repeat", minimum=1, integer=True)),

@@ -1,7 +1,7 @@
 """A busy machine is an invalid measurement: never a regression, never a pass, never a baseline.
 
 Reads the CPU split that telemetry recorded over a case's measured window
-(``extra_info["llm"]["telemetry"]["load"]``, see ``telemetry.load``) and
+(``extra_info["llm"]["telemetry"]["load"]``, see ``telemetry.cpuload``) and
 says why the machine was too busy for the figures to mean anything, or
 ``None``. The thresholds are named constants; each docstring says where its
 number comes from, and ``benchmarks/gate_quality.py --part busy`` prints the
@@ -71,30 +71,30 @@ def busy_reasons(telemetry: Mapping[str, Any] | None) -> tuple[str, ...]:
     an attached endpoint has no server PID, so other processes cannot be
     told from the server, and only steal, frequency and throttling count.
     """
-    load = (telemetry or {}).get("load")
-    if not isinstance(load, Mapping):
+    cpu_load = (telemetry or {}).get("load")
+    if not isinstance(cpu_load, Mapping):
         return ()
     reasons: list[str] = []
-    others = load.get("others_cores_mean")
-    idle = load.get("idle_cores_mean")
+    others = cpu_load.get("others_cores_mean")
+    idle = cpu_load.get("idle_cores_mean")
     if others is not None and idle is not None and others >= OTHERS_BUSY_CORES and idle < SPARE_CORES:
-        server = load.get("server_cores_mean")
-        threads = load.get("server_threads")
+        server = cpu_load.get("server_cores_mean")
+        threads = cpu_load.get("server_threads")
         got = ""
         if server is not None:
             of = f" of its {threads}" if threads else ""
             got = f"; the server got {server:.2g}{of} cores"
         reasons.append(
             f"machine busy: other processes used {_cores(others)} while {idle:.2g} of "
-            f"{load.get('cores')} cores were idle{got}"
+            f"{cpu_load.get('cores')} cores were idle{got}"
         )
-    steal = load.get("steal_cores_mean")
+    steal = cpu_load.get("steal_cores_mean")
     if steal is not None and steal >= STEAL_BUSY_CORES:
         reasons.append(f"machine busy: the hypervisor ran other VMs for {_cores(steal)} (CPU steal time)")
-    freq = load.get("freq_ratio_mean")
+    freq = cpu_load.get("freq_ratio_mean")
     if freq is not None and freq < FREQ_RATIO_MIN:
         reasons.append(f"CPU throttled: the clock ran at {freq:.0%} of its maximum")
-    events = load.get("throttle_events")
+    events = cpu_load.get("throttle_events")
     if events:
         reasons.append(f"CPU throttled: {events} thermal throttle events during the case")
     return tuple(f"invalid measurement: {reason}; rerun on a quiet machine" for reason in reasons)

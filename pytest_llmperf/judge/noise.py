@@ -79,6 +79,42 @@ THIN_TO = 400
 """Larger samples are thinned to evenly spaced order statistics: keeps O(n*m) small, only widens the CI."""
 
 
+Spread = tuple[float, int]
+"""A robust spread in logs and its degrees of freedom (``stats.pairwise_spread``)."""
+
+
+@dataclass(frozen=True)
+class Correction:
+    """Bonferroni over the session's ``comparisons`` (cases x metrics): each is tested at ``alpha/m``."""
+
+    comparisons: int = len(SAMPLE_METRICS)
+    alpha: float = SESSION_ALPHA
+
+    def quantile(self, dof: int) -> float:
+        """The t quantile a change must pass, with ``dof`` degrees of freedom (at least 1)."""
+        return t_quantile(1 - self.alpha / max(self.comparisons, 1), max(dof, 1))
+
+
+NO_CORRECTION = Correction()
+"""One case alone: its own metrics are the comparisons."""
+
+
+@dataclass(frozen=True)
+class PooledSpreads:
+    """Each metric's spread pooled over the session's other cases, where known.
+
+    ``history`` between baseline runs (``history_spread``), ``repeats``
+    between a run's repeats (``repeat_spread``); a metric absent from either
+    counts only this case's own runs.
+    """
+
+    history: Mapping[str, Spread | None] = field(default_factory=dict)
+    repeats: Mapping[str, Spread | None] = field(default_factory=dict)
+
+
+NOT_POOLED = PooledSpreads()
+
+
 @dataclass(frozen=True)
 class Shift:
     """Hodges-Lehmann ratio current/baseline and its confidence interval (may be 0..inf)."""
@@ -196,7 +232,7 @@ class CaseRun:
         ]
 
 
-def history_spread(cases: Iterable[Sequence[CaseRun]], metric: str) -> tuple[float, int] | None:
+def history_spread(cases: Iterable[Sequence[CaseRun]], metric: str) -> Spread | None:
     """Robust sd of log run figures between runs, pooled over cases, and its degrees of freedom."""
     groups = []
     for runs in cases:
@@ -205,7 +241,7 @@ def history_spread(cases: Iterable[Sequence[CaseRun]], metric: str) -> tuple[flo
     return pairwise_spread(groups)
 
 
-def repeat_spread(case_runs: Iterable[CaseRun], metric: str) -> tuple[float, int] | None:
+def repeat_spread(case_runs: Iterable[CaseRun], metric: str) -> Spread | None:
     """Robust sd of log repeat medians inside runs, pooled over the runs given."""
     return pairwise_spread(run.repeat_logs(metric) for run in case_runs)
 
@@ -230,14 +266,14 @@ def _bar(metric: str, tolerance: float, bound_log: float) -> tuple[float, float]
     return bar_log, _signed(metric, bar_log)
 
 
-def compare_history(  # noqa: PLR0917 - one call site, every argument named there
+def compare_history(
     metric: str,
     history: Sequence[CaseRun],
     current: CaseRun,
     tolerance: float,
-    pooled: tuple[float, int] | None,
-    comparisons: int,
-    alpha: float = SESSION_ALPHA,
+    pooled: Spread | None,
+    *,
+    correction: Correction,
 ) -> Comparison | None:
     """The candidate's run figure against 2+ baseline runs' figures (see the module docstring)."""
     figures = [f for run in history if (f := run.figure(metric)) is not None]
@@ -253,7 +289,7 @@ def compare_history(  # noqa: PLR0917 - one call site, every argument named ther
         # A case noisier than the session's others keeps its own spread (the pooled
         # degrees of freedom still apply: this guards, it does not replace).
         sigma = own[0]
-    q = t_quantile(1 - alpha / max(comparisons, 1), max(dof, 1))
+    q = correction.quantile(dof)
     # sigma already holds a typical run's own sampling error; a candidate that is noisier inside
     # (a few slow waves) adds the excess, so its median is not read as more certain than it is.
     typical = sum(run.figure_se(metric) ** 2 for run in history) / len(history)
@@ -273,7 +309,7 @@ def compare_repeats(
     baseline: CaseRun,
     current: CaseRun,
     tolerance: float,
-    pooled: tuple[float, int] | None,
+    pooled: Spread | None,
 ) -> Comparison | None:
     """One baseline run, both with 2+ repeats: a t interval on the repeats' log medians."""
     base, now = baseline.repeat_logs(metric), current.repeat_logs(metric)
@@ -364,17 +400,15 @@ def compare_case(
     current: CaseRun,
     tolerances: Any,
     *,
-    pooled_history: Mapping[str, tuple[float, int] | None] | None = None,
-    pooled_repeats: Mapping[str, tuple[float, int] | None] | None = None,
-    comparisons: int = len(SAMPLE_METRICS),
-    alpha: float = SESSION_ALPHA,
+    pooled: PooledSpreads = NOT_POOLED,
+    correction: Correction = NO_CORRECTION,
     samples: bool = True,
 ) -> tuple[Comparison, ...]:
     """Every comparable metric of one case against its baseline run(s), newest run first.
 
-    ``tolerances`` is a ``verdict.Tolerances``; ``pooled_*`` map a metric to
-    its spread over the session's other cases (``history_spread``,
-    ``repeat_spread``); without them only this case's own runs count.
+    ``tolerances`` is a ``verdict.Tolerances``; ``pooled`` holds each
+    metric's spread over the session's other cases; without it only this
+    case's own runs count. ``correction`` is the session's Bonferroni.
     ``samples=False`` compares only the run figures and the error rate (a
     capacity search: its per-request figures are of a load that moves).
     """
@@ -383,16 +417,15 @@ def compare_case(
         tol = tolerances.of(metric)
         cmp: Comparison | None
         if len(history) >= 2:
-            pooled = (pooled_history or {}).get(metric) or history_spread([history], metric)
-            cmp = compare_history(metric, history, current, tol, pooled, comparisons, alpha)
+            spread = pooled.history.get(metric) or history_spread([history], metric)
+            cmp = compare_history(metric, history, current, tol, spread, correction=correction)
         else:
-            pooled = (pooled_repeats or {}).get(metric)
-            cmp = compare_repeats(metric, history[0], current, tol, pooled)
+            cmp = compare_repeats(metric, history[0], current, tol, pooled.repeats.get(metric))
             if cmp is None:
                 cmp = compare_samples(metric, history[0], current, tol)
         if cmp is not None:
             found.append(cmp)
-    found.extend(compare_run_figures(history, current, tolerances, comparisons, alpha))
+    found.extend(compare_run_figures(history, current, tolerances, correction))
     found.append(compare_error_rate(history[0].error_rate, current.error_rate, tolerances.error_rate))
     return tuple(found)
 
@@ -401,8 +434,7 @@ def compare_run_figures(
     history: Sequence[CaseRun],
     current: CaseRun,
     tolerances: Any,
-    comparisons: int,
-    alpha: float = SESSION_ALPHA,
+    correction: Correction,
 ) -> list[Comparison]:
     """Capacity and peak throughput of the candidate against the baseline runs' (higher is better).
 
@@ -424,8 +456,7 @@ def compare_run_figures(
         own = pairwise_spread([logs]) if len(logs) >= 2 else None
         if own is not None:
             sigma, dof = own
-            q = t_quantile(1 - alpha / max(comparisons, 1), max(dof, 1))
-            bound = q * sigma * math.sqrt(1 + math.pi / (2 * len(logs)))
+            bound = correction.quantile(dof) * sigma * math.sqrt(1 + math.pi / (2 * len(logs)))
         else:
             sigma, bound = None, math.log1p(ONE_RUN_FLOOR)
         bar_log, bar = _bar(metric, tolerances.of(metric), bound)

@@ -34,6 +34,8 @@ from pytest_llmperf.judge.noise import (
     ONE_RUN_FLOOR,
     SESSION_ALPHA,
     CaseRun,
+    Correction,
+    PooledSpreads,
     Shift,
     compare_case,
     sample_size_notes,
@@ -294,71 +296,62 @@ def entry_mismatch(baseline_llm: Mapping[str, Any], current_llm: Mapping[str, An
     return "baseline measured another case, not compared: " + "; ".join(diffs) if diffs else None
 
 
+@dataclass(frozen=True)
+class Rules:
+    """How the session judges each case, the same for every test.
+
+    ``tolerances`` are the regressions allowed against a baseline; ``busy``
+    is what a busy machine does: ``fail`` (invalid), ``warn`` (a note) or
+    ``ignore``; ``confidence`` is the interval a regression's reason states;
+    ``alpha`` the chance that an unchanged session fails anywhere
+    (Bonferroni over the session's comparisons, ``noise.Correction``).
+    """
+
+    tolerances: Tolerances = DEFAULT_TOLERANCES
+    busy: HardwareMode = "fail"
+    confidence: float = 0.95
+    alpha: float = SESSION_ALPHA
+
+
+DEFAULT_RULES = Rules()
+
+
 def judge(
     result: RunResult,
     budgets: Budgets | None = None,
     baseline: Mapping[str, Any] | Evidence | None = None,
     *,
-    tolerances: Tolerances = DEFAULT_TOLERANCES,
+    rules: Rules = DEFAULT_RULES,
     hardware: HardwareCheck | None = None,
-    confidence: float = 0.95,
     current: CaseRun | None = None,
-    busy: HardwareMode = "fail",
-    alpha: float = SESSION_ALPHA,
 ) -> Outcome:
     """Decide one test: invalid > fail-budget > fail-regression > pass.
 
     ``baseline`` is the baseline entry's ``extra_info["llm"]`` for this test
     (``Baseline.llm(fullname)``), or the ``Evidence`` of several runs, or
     ``None`` when there is none to compare. ``current`` is this case's
-    measurement pooled over its repeats (default: ``result`` alone). ``busy``
-    is what a busy machine does: ``fail`` (invalid), ``warn`` (a note) or
-    ``ignore``.
+    measurement pooled over its repeats (default: ``result`` alone).
     """
     notes: list[str] = []
-    busy_now = busy_reasons(_telemetry(result)) if busy != "ignore" else ()
+    busy_now = busy_reasons(_telemetry(result)) if rules.busy != "ignore" else ()
     # A busy machine first: it is usually why the client fell behind too.
-    invalid = [*busy_now, *result.invalid] if busy == "fail" else list(result.invalid)
-    if busy == "warn":
+    invalid = [*busy_now, *result.invalid] if rules.busy == "fail" else list(result.invalid)
+    if rules.busy == "warn":
         notes.extend(busy_now)
     if hardware is not None and hardware.message is not None:
-        if hardware.fatal:
-            invalid.append(hardware.message)
-        else:
-            notes.append(hardware.message)
+        (invalid if hardware.fatal else notes).append(hardware.message)
     figures = (
         {k: v for k, (v, _) in run_figures(result.extra).items()} if "capacity" in result.extra else None
     )
     budget_reasons = budgets.violations(result.summary, figures) if budgets is not None else ()
-    comparisons: tuple[Comparison, ...] = ()
     evidence = Evidence.single(baseline) if isinstance(baseline, Mapping) else baseline
-    gated = evidence is not None and not (hardware is not None and hardware.fatal)
-    if busy == "fail" and busy_now:
+    gated = not (hardware is not None and hardware.fatal)
+    if rules.busy == "fail" and busy_now:
         gated = False  # a busy run is never compared: its figures measured the other load
+    comparisons: tuple[Comparison, ...] = ()
     if evidence is not None and gated:
-        notes.extend(evidence.notes)
-        mismatch = scenario_mismatch(evidence.newest, result)
-        if mismatch is not None:
-            notes.append(mismatch)
-        elif busy != "ignore" and len(evidence.runs) == 1 and is_busy(evidence.newest):
-            notes.append("baseline entry was measured on a busy machine, so it is not compared")
-        else:
-            comparisons = compare_case(
-                evidence.runs,
-                current if current is not None else CaseRun.from_results([result]),
-                tolerances,
-                pooled_history=evidence.pooled_history,
-                pooled_repeats=evidence.pooled_repeats,
-                comparisons=evidence.comparisons,
-                alpha=alpha,
-                # A capacity test's per-request figures are of its answer's load, which moves between
-                # runs: only the capacity itself (and errors) are compared.
-                samples="capacity" not in result.extra,
-            )
-            if len(evidence.runs) == 1 and any(c.method != "absolute" for c in comparisons):
-                notes.append(ONE_RUN_NOTE)
-            notes.extend(sample_size_notes(comparisons))
-    regressions = tuple(c.reason(confidence) for c in comparisons if c.regressed)
+        comparisons = _compare(result, evidence, current, rules, notes)
+    regressions = tuple(c.reason(rules.confidence) for c in comparisons if c.regressed)
     if invalid:
         return Outcome("invalid", tuple(invalid), tuple(notes), comparisons)
     if budget_reasons:
@@ -366,6 +359,34 @@ def judge(
     if regressions:
         return Outcome("fail-regression", regressions, tuple(notes), comparisons)
     return Outcome("pass", (), tuple(notes), comparisons)
+
+
+def _compare(
+    result: RunResult, evidence: Evidence, current: CaseRun | None, rules: Rules, notes: list[str]
+) -> tuple[Comparison, ...]:
+    """This case against its evidence, or nothing where it cannot be; why goes into ``notes``."""
+    notes.extend(evidence.notes)
+    mismatch = scenario_mismatch(evidence.newest, result)
+    if mismatch is not None:
+        notes.append(mismatch)
+        return ()
+    if rules.busy != "ignore" and len(evidence.runs) == 1 and is_busy(evidence.newest):
+        notes.append("baseline entry was measured on a busy machine, so it is not compared")
+        return ()
+    comparisons = compare_case(
+        evidence.runs,
+        current if current is not None else CaseRun.from_results([result]),
+        rules.tolerances,
+        pooled=PooledSpreads(evidence.pooled_history, evidence.pooled_repeats),
+        correction=Correction(evidence.comparisons, rules.alpha),
+        # A capacity test's per-request figures are of its answer's load, which moves between
+        # runs: only the capacity itself (and errors) are compared.
+        samples="capacity" not in result.extra,
+    )
+    if len(evidence.runs) == 1 and any(c.method != "absolute" for c in comparisons):
+        notes.append(ONE_RUN_NOTE)
+    notes.extend(sample_size_notes(comparisons))
+    return comparisons
 
 
 def _telemetry(result: RunResult) -> Mapping[str, Any] | None:

@@ -132,15 +132,23 @@ def request_body(target: Target, prompt: str, max_tokens: int) -> dict[str, obje
     return body
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """Which request this is and what it asks for: its id (sent as ``x-request-id``), its
+    scenario's name, the input tokens it was built with and the output tokens it asks for."""
+
+    request_id: str
+    scenario: str
+    input_tokens: int
+    max_tokens: int
+    warmup: bool = False
+
+
 def prepare(
     target: Target,
     prompt: str,
+    spec: RequestSpec,
     *,
-    request_id: str,
-    scenario: str,
-    input_tokens: int,
-    max_tokens: int,
-    warmup: bool = False,
     body: Mapping[str, object] | None = None,
     keep_alive: bool = True,
 ) -> Prepared:
@@ -159,7 +167,7 @@ def prepare(
     path = PATHS[api]
     if prefix.endswith("/v1") and path.startswith("/v1/"):
         prefix = prefix[: -len("/v1")]
-    payload = body if body is not None else request_body(target, prompt, max_tokens)
+    payload = body if body is not None else request_body(target, prompt, spec.max_tokens)
     encoded = json.dumps(payload, separators=(",", ":")).encode()
     host_header = host if url.port is None else f"{host}:{port}"
     if ":" in host and not host.startswith("["):
@@ -172,21 +180,21 @@ def prepare(
         "Accept: application/x-ndjson" if api.startswith("ollama") else "Accept: text/event-stream",
         f"Content-Length: {len(encoded)}",
         "Connection: keep-alive" if keep_alive else "Connection: close",
-        f"x-request-id: {request_id}",
+        f"x-request-id: {spec.request_id}",
     ]
     lines.extend(f"{k}: {v}" for k, v in target.headers.items())
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return Prepared(
-        request_id=request_id,
-        scenario=scenario,
+        request_id=spec.request_id,
+        scenario=spec.scenario,
         api=api,
         host=host,
         port=port,
         tls=tls,
         payload=head + encoded,
-        input_tokens_requested=input_tokens,
-        output_tokens_requested=max_tokens,
-        warmup=warmup,
+        input_tokens_requested=spec.input_tokens,
+        output_tokens_requested=spec.max_tokens,
+        warmup=spec.warmup,
     )
 
 

@@ -290,27 +290,42 @@ class _Run:
             await asyncio.gather(*tasks)
 
 
+@dataclass(frozen=True)
+class Control:
+    """How a caller steers a run beyond its scenario.
+
+    ``connect(streams)`` opens the measured streams' connections after
+    warm-up; ``arrivals_ns`` replaces the schedule a rate gives (a worker's
+    part of the run's one schedule); ``stop`` ends the run early when set,
+    as adaptive stopping does.
+    """
+
+    connect: ConnectFn | None = None
+    arrivals_ns: Sequence[int] | None = None
+    stop: asyncio.Event | None = None
+
+
+UNSTEERED = Control()
+
+
 async def run_load(
     send: SendFn,
     scenario: Scenario,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], object] | None = None,
     *,
-    connect: ConnectFn | None = None,
-    arrivals_ns: Sequence[int] | None = None,
-    stop: asyncio.Event | None = None,
+    control: Control = UNSTEERED,
 ) -> LoadResult:
     """Run warm-up then the measured requests; indices ``0..warmup-1`` are warm-up.
 
-    ``connect(streams)`` runs after warm-up; ``on_measured`` is called once,
+    ``control.connect`` runs after warm-up; ``on_measured`` is called once,
     after it, so telemetry can cover exactly the measured window. When
     ``on_measured`` returns an awaitable it is awaited, and an ``int`` it
     yields is the start of the arrival schedule (``perf_counter_ns``), which
-    several workers share. ``arrivals_ns`` replaces the schedule a rate gives
-    (a worker's part of the run's one schedule); ``stop`` ends the run early
-    when set, as adaptive stopping does.
+    several workers share.
     """
-    run = _Run(send, scenario, on_record, stop)
+    connect, arrivals_ns = control.connect, control.arrivals_ns
+    run = _Run(send, scenario, on_record, control.stop)
     if scenario.warmup > 0:
         await run.closed(0, scenario.warmup, max(1, min(scenario.concurrency, scenario.warmup)), True)
         await run.drain()

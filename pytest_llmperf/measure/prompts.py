@@ -177,27 +177,32 @@ def fit_prompt(
 ) -> Prompt:
     """Random words adjusted until the server counts exactly ``n_tokens``."""
     words = [rng.choice(pool) for _ in range(max(n_tokens - overhead, 0))]
-    # Pool words are one token each: cut exactly the excess.
-    return _adjust(
-        words, n_tokens, pool, rng, count, tries=12, cut=lambda excess: excess, what="build a prompt of"
-    )
+    return _adjust(words, n_tokens, pool, rng, count, fit=_POOL_WORDS)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """How ``_adjust`` closes in on a length: the counts it may ask for, the words it cuts
+    for an excess of ``n`` tokens, and what its error says it tried to do."""
+
+    tries: int
+    cut: Callable[[int], int]
+    what: str
+
+
+# Pool words are one token each: cut exactly the excess.
+_POOL_WORDS = _Fit(tries=12, cut=lambda excess: excess, what="build a prompt of")
+# Dataset words may be several tokens each: cut by halves of the excess, at least one word.
+_DATASET_WORDS = _Fit(tries=40, cut=lambda excess: max(excess // 2, 1), what="fit a dataset prompt to")
 
 
 def _adjust(
-    words: list[str],
-    n_tokens: int,
-    pool: Sequence[str],
-    rng: random.Random,
-    count: Counter,
-    *,
-    tries: int,
-    cut: Callable[[int], int],
-    what: str,
+    words: list[str], n_tokens: int, pool: Sequence[str], rng: random.Random, count: Counter, *, fit: _Fit
 ) -> Prompt:
-    """``words`` padded with one-token words of ``pool``, or cut by ``cut(excess)`` words from the
-    end, until the server counts exactly ``n_tokens``; ``ServerError`` after ``tries`` counts."""
+    """``words`` padded with one-token words of ``pool``, or cut by ``fit.cut(excess)`` words from
+    the end, until the server counts exactly ``n_tokens``; ``ServerError`` after ``fit.tries`` counts."""
     got = -1
-    for _ in range(tries):
+    for _ in range(fit.tries):
         got = count(" ".join(words))
         diff = n_tokens - got
         if diff == 0:
@@ -205,8 +210,8 @@ def _adjust(
         if diff > 0:
             words += [rng.choice(pool) for _ in range(diff)]
         else:
-            del words[max(len(words) - cut(-diff), 0) :]
-    raise ServerError(f"could not {what} exactly {n_tokens} tokens (the server counted {got})")
+            del words[max(len(words) - fit.cut(-diff), 0) :]
+    raise ServerError(f"could not {fit.what} exactly {n_tokens} tokens (the server counted {got})")
 
 
 def _check_reachable(n_tokens: int, overhead: int) -> None:
@@ -260,11 +265,7 @@ def fit_text(text: str, n_tokens: int, pool: Sequence[str], rng: random.Random, 
     Cuts words from the end while the server counts too many; pads with words
     of ``pool`` while it counts too few (a dataset's prompt at an asked length).
     """
-    # Dataset words may be several tokens each: cut by halves of the excess, at least one word.
-    return _adjust(
-        text.split(), n_tokens, pool, rng, count,
-        tries=40, cut=lambda excess: max(excess // 2, 1), what="fit a dataset prompt to",
-    )  # fmt: skip
+    return _adjust(text.split(), n_tokens, pool, rng, count, fit=_DATASET_WORDS)
 
 
 def words_for(n_tokens: int, small: tuple[int, int], large: tuple[int, int]) -> int:

@@ -193,11 +193,7 @@ def _prepare(
     return client.prepare(
         target,
         p.text,
-        request_id=request_id,
-        scenario=scenario.name,
-        input_tokens=p.input_tokens or 0,
-        max_tokens=p.output_tokens,
-        warmup=warmup,
+        client.RequestSpec(request_id, scenario.name, p.input_tokens or 0, p.output_tokens, warmup),
         body=body(target, p.messages, p.output_tokens) if p.messages else None,
     )
 
@@ -225,17 +221,15 @@ def _conversation_send(
 
 
 def measure(
-    target: Target,
+    subject: runner.Subject,
     scenario: Scenario,
     built: Plan,
     *,
-    model: str,
-    backend: str,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
 ) -> RunResult:
     """Run planned traffic and return every record and the summary (as ``runner.measure``)."""
-    target = with_cache(target, built.cache)
+    target = with_cache(subject.target, built.cache)
     client.raise_open_file_limit(scenario.concurrency + client.FILES_BESIDES_SOCKETS)
     tag = secrets.token_hex(4)
     if scenario.turns == 1:
@@ -266,8 +260,8 @@ def measure(
         "traffic": dict(built.info),
     }
     return RunResult(
-        model=model,
-        backend=backend,
+        model=subject.model,
+        backend=subject.backend,
         scenario=scenario,
         records=load.records,
         summary=summary,

@@ -154,11 +154,13 @@ def prepare_requests(
         client.prepare(
             target,
             p.text,
-            request_id=f"{scenario.name}-{tag}-{i:05d}",
-            scenario=scenario.name,
-            input_tokens=scenario.input_tokens,
-            max_tokens=scenario.output_tokens,
-            warmup=i < scenario.warmup,
+            client.RequestSpec(
+                request_id=f"{scenario.name}-{tag}-{i:05d}",
+                scenario=scenario.name,
+                input_tokens=scenario.input_tokens,
+                max_tokens=scenario.output_tokens,
+                warmup=i < scenario.warmup,
+            ),
             keep_alive=keep_alive,
         )
         for i, p in enumerate(built)
@@ -224,7 +226,9 @@ def _run_here(
 
         with _pinned(settings.cores):
             try:
-                load = await loadgen.run_load(send, scenario, on_record, measured, connect=connect)
+                load = await loadgen.run_load(
+                    send, scenario, on_record, measured, control=loadgen.Control(connect=connect)
+                )
             finally:
                 connections.close()
         cpu_s = time.process_time() - cpu_from[0] if cpu_from else None
@@ -275,25 +279,34 @@ def _pinned(cores: tuple[int, ...] | None) -> Iterator[None]:
             os.sched_setaffinity(0, before)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """The server under test: where its requests go, and the model and backend its result is filed under."""
+
+    target: Target
+    model: str
+    backend: str
+
+
 def measure(
-    target: Target,
+    subject: Subject,
     scenario: Scenario,
     *,
-    model: str,
-    backend: str,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
     prompt_salt: str = "",
     client_settings: ClientSettings | None = None,
 ) -> RunResult:
-    """Measure ``scenario`` against ``target`` and return every record and the summary.
+    """Measure ``scenario`` against ``subject`` and return every record and the summary.
 
     ``on_record`` gets each record as it ends (warm-up ones too); ``on_measured``
     is called once when warm-up is over and the measured requests begin.
     ``prompt_salt`` keys the prompts' RNG (see ``prompts.build_prompts``).
     """
     settings = client_settings or ClientSettings()
-    prepared, checked = prepare_requests(target, scenario, prompt_salt, keep_alive=settings.keep_alive)
+    prepared, checked = prepare_requests(
+        subject.target, scenario, prompt_salt, keep_alive=settings.keep_alive
+    )
     load = run_prepared(prepared, scenario, on_record, on_measured, settings)
     summary = summarize_run(load.records, scenario)
     extra: dict[str, object] = {
@@ -305,8 +318,8 @@ def measure(
         tokens = sum(r.output_tokens or 0 for r in load.records if not r.warmup and r.ok)
         extra["client"] = load.client.as_json(tokens)
     return RunResult(
-        model=model,
-        backend=backend,
+        model=subject.model,
+        backend=subject.backend,
         scenario=scenario,
         records=load.records,
         summary=summary,

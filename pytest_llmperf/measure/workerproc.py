@@ -152,9 +152,7 @@ async def _run_job(job: Job, jobs: Connection, results: Connection) -> None:
             job.scenario,
             out.record,
             on_measured,
-            connect=connect,
-            arrivals_ns=job.arrivals_ns,
-            stop=halt,
+            control=loadgen.Control(connect=connect, arrivals_ns=job.arrivals_ns, stop=halt),
         )
         cpu = _cpu_s() - measured_from[0]
     finally:

@@ -19,6 +19,7 @@ This module formats and writes; it must not measure or judge.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -191,14 +192,30 @@ def curve_name(kind: str, row: Row) -> str:
     return f"{kind}-{file_stem(row.test)}.png"
 
 
-def _draw(
-    path: Path, title: str, points: Sequence[Mapping[str, Any]], labels: Sequence[str], *,
-    marked: int | None, mark_label: str, met: Sequence[bool] | None = None,
-    limits: Mapping[str, float] | None = None,
-) -> bool:  # fmt: skip
+@dataclass(frozen=True)
+class Curve:
+    """One figure: latency against throughput over a sweep's points or a search's probes.
+
+    ``labels`` name each point; ``marked`` is the index starred as
+    ``mark_label`` (the knee, the capacity); ``met`` colours each probe by
+    whether it met the budget (``None``: one colour, joined in order);
+    ``limits`` draws a metric's per-request limit as a line.
+    """
+
+    title: str
+    points: Sequence[Mapping[str, Any]]
+    labels: Sequence[str]
+    marked: int | None
+    mark_label: str
+    met: Sequence[bool] | None = None
+    limits: Mapping[str, float] = field(default_factory=dict)
+
+
+def _draw(path: Path, curve: Curve) -> bool:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    points, labels, marked, met = curve.points, curve.labels, curve.marked, curve.met
     usable = [i for i, p in enumerate(points) if p.get("output_tok_per_s") is not None]
     if not usable:
         return False
@@ -222,9 +239,11 @@ def _draw(
             )
         if marked is not None and marked in usable:
             k = usable.index(marked)
-            ax.plot(xs[k], ys[k], marker="*", markersize=18, color="tab:orange", label=mark_label, zorder=5)
+            ax.plot(
+                xs[k], ys[k], marker="*", markersize=18, color="tab:orange", label=curve.mark_label, zorder=5
+            )
             ax.legend(fontsize="small", loc="best")
-        limit = (limits or {}).get(metric)
+        limit = curve.limits.get(metric)
         if limit is not None:
             ax.axhline(
                 limit, color="tab:red", linestyle="--", linewidth=1, label=f"per-request limit {limit:g} ms"
@@ -234,7 +253,7 @@ def _draw(
         ax.set_ylabel(name)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    head, _, detail = title.partition("\n")
+    head, _, detail = curve.title.partition("\n")
     fig.suptitle(head + (f"\n{detail}" if detail else ""), fontsize="medium")
     fig.savefig(path)
     return True
@@ -257,7 +276,7 @@ def write_curves(directory: Path, rows: Sequence[Row]) -> list[Path]:
             )
             title = f"{row.model}: latency vs throughput, in {row.input_tokens} / out {row.output_tokens}"
             path = directory / curve_name("sweep", row)
-            if _draw(path, title, points, labels, marked=knee, mark_label=mark):
+            if _draw(path, Curve(title, points, labels, marked=knee, mark_label=mark)):
                 written.append(path)
         if row.capacity:
             cap = row.capacity
@@ -278,7 +297,7 @@ def write_curves(directory: Path, rows: Sequence[Row]) -> list[Path]:
             path = directory / curve_name("capacity", row)
             met = [bool(p.get("met")) for p in probes]
             slo = cap.get("slo") or {}
-            if _draw(path, title, probes, labels, marked=marked, mark_label=f"capacity c={best}", met=met,
-                     limits=slo):  # fmt: skip
+            curve = Curve(title, probes, labels, marked, f"capacity c={best}", met=met, limits=slo)
+            if _draw(path, curve):
                 written.append(path)
     return written

@@ -46,7 +46,7 @@ class LlmPerf:
     def results(self) -> list[RunResult]:
         return self.measurer.results
 
-    def run(
+    def run(  # noqa: PLR0913 - the public keyword arguments users write
         self,
         input_tokens: int | Lengths | None = 128,
         output_tokens: int | Lengths = 64,
@@ -81,7 +81,7 @@ class LlmPerf:
         m.record(measured)
         return measured.result
 
-    def sweep(
+    def sweep(  # noqa: PLR0913 - the public keyword arguments users write
         self,
         input_tokens: int | Lengths | None = 128,
         output_tokens: int | Lengths = 64,
@@ -117,7 +117,7 @@ class LlmPerf:
                               prefix_cache)  # fmt: skip
         return sweep.run_sweep(self.measurer, self.measurer.ask(where, load, traffic), loads, gain)
 
-    def capacity(
+    def capacity(  # noqa: PLR0913 - the public keyword arguments users write
         self,
         input_tokens: int | Lengths | None = 128,
         output_tokens: int | Lengths = 64,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.config import Settings
-from pytest_llmperf.errors import ConfigError, ServerDiedError
+from pytest_llmperf.errors import ConfigError, ServerDiedError, TooBig
 from pytest_llmperf.judge.budgets import Budgets
 from pytest_llmperf.measure import client, stats
 from pytest_llmperf.measure.client import Target
@@ -40,7 +40,6 @@ from pytest_llmperf.output.requestlog import RequestLog
 from pytest_llmperf.records import CaseResult, Outcome, RequestRecord, RunResult, Scenario, Slo, Summary
 from pytest_llmperf.servers.base import Server
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.servers.pool import TooBig
 
 if TYPE_CHECKING:
     from pytest_llmperf.measure.realistic import Plan
@@ -218,7 +217,7 @@ class Measurer:
         try:
             if built is None:
                 result = runner.measure(
-                    self.target(), scenario, model=w.model, backend=self.backend,
+                    runner.Subject(self.target(), w.model, self.backend), scenario,
                     on_record=on_record, on_measured=on_measured, prompt_salt=prompt_salt,
                     client_settings=w.client() if w.client is not None else None,
                 )  # fmt: skip
@@ -226,7 +225,7 @@ class Measurer:
                 # Conversations and shared prefixes build each prompt from the last answer or the
                 # pool: they run in this process, never in client workers.
                 result = realistic.measure(
-                    self.target(), scenario, built, model=w.model, backend=self.backend,
+                    runner.Subject(self.target(), w.model, self.backend), scenario, built,
                     on_record=on_record, on_measured=on_measured,
                 )  # fmt: skip
         finally:
@@ -254,20 +253,24 @@ class Measurer:
         """Telemetry for the server as it is now, or ``None`` with ``--llm-telemetry-interval 0``."""
         from pytest_llmperf import telemetry
         from pytest_llmperf.measure import workers
-        from pytest_llmperf.telemetry.load import PsutilClientReader
+        from pytest_llmperf.telemetry.cpuload import PsutilClientReader
 
         settings = self.wiring.settings
         if settings.telemetry_interval_s <= 0:
             return None
         caps = self.server.capabilities
         return telemetry.Sampler(
-            interval_s=settings.telemetry_interval_s,
-            server_pid=self.server.pid,
-            metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
-            ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
-            keep_series=settings.telemetry_series,
-            # Client worker processes are the client's CPU, not "others" (telemetry.load).
-            client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids),
+            telemetry.SamplerConfig(
+                interval_s=settings.telemetry_interval_s,
+                server_pid=self.server.pid,
+                metrics_url=self.server.base_url + caps.metrics_path if caps.metrics_path else None,
+                ollama_ps_url=self.server.base_url + "/api/ps" if caps.api.startswith("ollama") else None,
+                keep_series=settings.telemetry_series,
+            ),
+            # Client worker processes are the client's CPU, not "others" (telemetry.cpuload).
+            telemetry.SamplerSources(
+                client_reader=functools.partial(PsutilClientReader, extra_pids=workers.client_pids)
+            ),
         )
 
     def _measured(

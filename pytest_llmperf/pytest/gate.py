@@ -141,13 +141,13 @@ class Gate:
         case = case_of(node.nodeid, repeat)
         self._measured.setdefault(case, []).append(result)
         limits = self.budgets_for(node, model)
-        busy = self._settings.busy_machine
+        rules = verdict.Rules(self.tolerances, self._settings.busy_machine)
         if repeat is not None and node.nodeid not in self._verdict_items:
             # Validity and budgets hold for each measurement; the regression verdict waits for the last.
-            return verdict.judge(result, limits, None, tolerances=self.tolerances, busy=busy)
+            return verdict.judge(result, limits, None, rules=rules)
         runs = self._measured[case]
         # A repeat that could not be trusted (busy machine, client saturated) is left out of the verdict.
-        valid = [r for r in runs if verdict.judge(r, None, None, busy=busy).kind != "invalid"]
+        valid = [r for r in runs if verdict.judge(r, None, None, rules=rules).kind != "invalid"]
         if repeat is not None:
             self._spreads[case] = repeat_spreads(runs)
         evidence, newest = None, None
@@ -172,10 +172,9 @@ class Gate:
             result,
             limits,
             evidence,
-            tolerances=self.tolerances,
+            rules=rules,
             hardware=hardware,
             current=CaseRun.from_results(valid or [result]),
-            busy=busy,
         )
 
     def entry_extra(self, node: pytest.Item) -> LlmInfo:

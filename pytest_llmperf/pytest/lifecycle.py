@@ -29,12 +29,12 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.config import Settings
-from pytest_llmperf.errors import ConfigError
+from pytest_llmperf.errors import ConfigError, DoesNotFit
 from pytest_llmperf.pytest.placement import Placement
 from pytest_llmperf.servers import models as model_registry
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
-from pytest_llmperf.servers.pool import DoesNotFit, PoolSetup, ServerPool
+from pytest_llmperf.servers.pool import PoolSetup, ServerPool
 
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048

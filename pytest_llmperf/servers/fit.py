@@ -15,6 +15,7 @@ reading the machine is ``hardware``'s job.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -143,28 +144,41 @@ def runtime_bytes(backend: str, machine: Machine) -> int:
     return CPU_RUNTIME_BYTES.get(backend, GB)
 
 
-def estimate(
-    spec: ModelSpec,
-    *,
-    precision: str,
-    context: int,
-    concurrency: int,
-    kv_bytes_per_value: int = 2,
-    runtime_bytes_per_device: int = GPU_RUNTIME_BYTES,
-    kv_cache_bytes: int | None = None,
-) -> MemoryEstimate:
-    """Weights + KV cache (K and V, per layer, per KV head) + overhead.
+@dataclass(frozen=True)
+class Layout:
+    """How an engine holds a model in memory.
 
-    The KV cache stays 16-bit under weight quantization unless the engine is
-    told otherwise, hence ``kv_bytes_per_value=2``. ``kv_cache_bytes`` replaces
-    the formula for engines that reserve a fixed pool (vLLM on CPU).
+    ``precision`` of the weights; ``kv_bytes_per_value`` of the KV cache,
+    which stays 16-bit (2) under weight quantization unless the engine is
+    told otherwise (fp8: 1); ``kv_cache_bytes`` replaces the cache formula
+    for engines that reserve a fixed pool (vLLM on CPU);
+    ``runtime_bytes_per_device`` is the engine's own overhead on each device
+    (``None``: a GPU runtime's, or on a CPU machine in ``check_fit``, 1 GB).
     """
-    key = normalize_precision(precision)
+
+    precision: str
+    kv_bytes_per_value: int = 2
+    kv_cache_bytes: int | None = None
+    runtime_bytes_per_device: int | None = None
+
+    @property
+    def on_gpus(self) -> Layout:
+        """The same weights and KV cache width on GPUs elsewhere: their runtime, the cache formula."""
+        return Layout(self.precision, kv_bytes_per_value=self.kv_bytes_per_value)
+
+
+def estimate(spec: ModelSpec, layout: Layout, *, context: int, concurrency: int) -> MemoryEstimate:
+    """Weights + KV cache (K and V, per layer, per KV head) + overhead, for ``concurrency``
+    sequences of ``context`` tokens each."""
+    key = normalize_precision(layout.precision)
     weights = None if spec.params_b is None else round(spec.params_b * GB * BYTES_PER_PARAM[key])
-    kv = kv_cache_bytes
+    kv = layout.kv_cache_bytes
     if kv is None and spec.layers is not None and spec.kv_heads is not None and spec.head_dim is not None:
-        per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * kv_bytes_per_value
+        per_token = 2 * spec.layers * spec.kv_heads * spec.head_dim * layout.kv_bytes_per_value
         kv = per_token * context * concurrency
+    runtime_bytes_per_device = layout.runtime_bytes_per_device
+    if runtime_bytes_per_device is None:
+        runtime_bytes_per_device = GPU_RUNTIME_BYTES
     return MemoryEstimate(
         model=spec.name,
         precision=key,
@@ -202,29 +216,19 @@ def smallest_fit(est: MemoryEstimate, gpus: Sequence[Device] = COMMON_GPUS) -> t
 def check_fit(
     spec: ModelSpec,
     machine: Machine,
+    layout: Layout,
     *,
-    precision: str,
     context: int,
     concurrency: int,
     devices: int | None = None,
-    runtime_bytes_per_device: int | None = None,
-    kv_bytes_per_value: int = 2,
-    kv_cache_bytes: int | None = None,
 ) -> FitResult:
     """Does ``spec`` fit ``machine`` for the session's longest context and
     highest concurrency? ``devices`` pins the GPU count (a tensor parallel
     size); otherwise the fewest of this machine's GPUs that suffice."""
-    if runtime_bytes_per_device is None:
-        runtime_bytes_per_device = GPU_RUNTIME_BYTES if machine.kind == "gpu" else GB
-    est = estimate(
-        spec,
-        precision=precision,
-        context=context,
-        concurrency=concurrency,
-        runtime_bytes_per_device=runtime_bytes_per_device,
-        kv_bytes_per_value=kv_bytes_per_value,
-        kv_cache_bytes=kv_cache_bytes,
-    )
+    if layout.runtime_bytes_per_device is None:
+        runtime = GPU_RUNTIME_BYTES if machine.kind == "gpu" else GB
+        layout = dataclasses.replace(layout, runtime_bytes_per_device=runtime)
+    est = estimate(spec, layout, context=context, concurrency=concurrency)
     label = f"{spec.name} {est.precision}"
     if est.weights_bytes is None:
         reason = (
@@ -240,15 +244,7 @@ def check_fit(
     needs += f" + {format_gb(est.overhead_bytes)} overhead"
     needed = _devices_needed_here(est, machine, devices)
     # Elsewhere means GPUs: their runtime overhead and the KV cache formula.
-    best = smallest_fit(
-        estimate(
-            spec,
-            precision=precision,
-            context=context,
-            concurrency=concurrency,
-            kv_bytes_per_value=kv_bytes_per_value,
-        )
-    )
+    best = smallest_fit(estimate(spec, layout.on_gpus, context=context, concurrency=concurrency))
     suggestion = f"{best[0]} x {best[1].name}" if best else None
     where = f"this machine has {machine.describe()}"
     if needed is not None:
@@ -293,7 +289,7 @@ def check(
     how many devices it spreads over (vLLM's tensor x pipeline parallel size).
     """
     if backend == "openai":
-        est = estimate(spec, precision="bf16", context=context, concurrency=concurrency)
+        est = estimate(spec, Layout("bf16"), context=context, concurrency=concurrency)
         here = machine or Machine("cpu", ())
         reason = f"{spec.name}: fit not checked, the endpoint runs elsewhere"
         return FitResult(spec.name, est.precision, True, False, None, est, here, None, reason)
@@ -309,17 +305,13 @@ def check(
         if machine.kind == "cpu":
             # vLLM on CPU reserves exactly VLLM_CPU_KVCACHE_SPACE GiB for the cache.
             kv_cache = int_option(options, "cpu_kvcache_space", default=1) * GIB
-    return check_fit(
-        spec,
-        machine,
-        precision=default_precision(backend, options),
-        context=context,
-        concurrency=concurrency,
-        devices=devices,
-        runtime_bytes_per_device=runtime_bytes(backend, machine),
+    layout = Layout(
+        default_precision(backend, options),
         kv_bytes_per_value=kv_bytes,
         kv_cache_bytes=kv_cache,
+        runtime_bytes_per_device=runtime_bytes(backend, machine),
     )
+    return check_fit(spec, machine, layout, context=context, concurrency=concurrency, devices=devices)
 
 
 def table(
@@ -354,7 +346,7 @@ def render_fit_table(
     rows: list[list[str]] = []
     for spec in specs:
         for precision in precisions:
-            result = check_fit(spec, machine, precision=precision, context=context, concurrency=concurrency)
+            result = check_fit(spec, machine, Layout(precision), context=context, concurrency=concurrency)
             est = result.estimate
             if not result.checked:
                 rows.append([spec.name, est.precision, "?", "?", "?", "unknown", *("?" for _ in gpus)])
@@ -370,7 +362,7 @@ def render_fit_table(
                 else f"yes ({result.devices_needed} x)"
             )
             # The GPU columns assume a GPU runtime even when this machine is CPU-only.
-            gpu_est = estimate(spec, precision=precision, context=context, concurrency=concurrency)
+            gpu_est = estimate(spec, Layout(precision), context=context, concurrency=concurrency)
             cells = []
             for gpu in gpus:
                 n = devices_needed(gpu_est, gpu.total_bytes)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pytest_llmperf.errors import ConfigError, LlmPerfError, ServerDiedError
+from pytest_llmperf.errors import DoesNotFit, LlmPerfError, ServerDiedError, TooBig
 from pytest_llmperf.records import Capabilities, Progress
 from pytest_llmperf.servers.base import LOG_TAIL_LINES, LaunchRequest, Server
 from pytest_llmperf.servers.models import ModelSpec
@@ -43,18 +43,6 @@ Launch = Callable[[str, LaunchRequest], Server]
 """``launch(backend_name, request)``: start (or attach to) a server."""
 FitCheck = Callable[[ModelSpec, str, int, int], str | None]
 """``fits(spec, backend, slots, context_tokens)``: why it cannot run here, or ``None``."""
-
-
-class DoesNotFit(LlmPerfError):
-    """The model does not fit this machine at the size asked; the tests are skipped."""
-
-
-class TooBig(ConfigError):
-    """A run needs more than its server can be given; ``what`` is ``slots`` or ``context``."""
-
-    def __init__(self, what: Literal["slots", "context"], text: str) -> None:
-        super().__init__(text)
-        self.what = what
 
 
 class LiveServer:

@@ -3,7 +3,7 @@
 The plugin's whole use of this package (``perf`` and ``session``)::
 
     reader, warning = probe_gpu()              # once per session; show `warning` once
-    sampler = Sampler(interval_s=0.1, server_pid=pid, metrics_url=url)
+    sampler = Sampler(SamplerConfig(interval_s=0.1, server_pid=pid, metrics_url=url))
     sampler.start()                            # when warm-up is over
     ...                                        # the measured requests
     sampler.stop()
@@ -17,7 +17,7 @@ Modules: ``sampler`` (the thread), ``host`` (psutil readers), ``gpu``
 (reader protocol, aggregation, energy), ``nvml`` (the NVML reader and the
 session's probe), ``promtext`` (Prometheus text
 parser), ``servermetrics`` (which server metrics matter, Ollama ``/api/ps``,
-TTFT cross-check), ``load`` (who used the CPU: the "machine busy"
+TTFT cross-check), ``cpuload`` (CPU load: who used the CPU, the "machine busy"
 evidence), ``machine`` (hardware for ``machine_info``), ``shapes``
 (the JSON shapes, documented there), ``running`` (running mean/max).
 
@@ -32,7 +32,7 @@ from pytest_llmperf.telemetry.gpu import GpuDevice, GpuDriver, GpuReader, GpuRea
 from pytest_llmperf.telemetry.machine import machine_info
 from pytest_llmperf.telemetry.nvml import DEFAULT_GPU, GpuProbe, NvmlReader, probe_gpu
 from pytest_llmperf.telemetry.promtext import parse as parse_prometheus
-from pytest_llmperf.telemetry.sampler import Sampler
+from pytest_llmperf.telemetry.sampler import Sampler, SamplerConfig, SamplerSources
 from pytest_llmperf.telemetry.servermetrics import cross_check_ttft
 from pytest_llmperf.telemetry.shapes import MachineInfo, SeriesPoint, TelemetrySummary, TtftCrossCheck
 
@@ -46,6 +46,8 @@ __all__ = [
     "MachineInfo",
     "NvmlReader",
     "Sampler",
+    "SamplerConfig",
+    "SamplerSources",
     "SeriesPoint",
     "TelemetrySummary",
     "TtftCrossCheck",

@@ -30,6 +30,8 @@ from typing import Protocol
 
 import psutil
 
+from pytest_llmperf.errors import ProcessGone
+
 
 @dataclass(frozen=True)
 class HostReading:
@@ -61,13 +63,9 @@ class TreeReader(Protocol):
     def read(self, now_s: float) -> TreeReading | None:
         """The tree at ``now_s`` (a monotonic clock); ``None`` on the baseline call.
 
-        Raises ``ProcessGone`` once the root process has exited.
+        Raises ``errors.ProcessGone`` once the root process has exited.
         """
         ...
-
-
-class ProcessGone(Exception):
-    """The server's root process is gone; the sampler stops reading its tree."""
 
 
 def busy_total(times: Mapping[str, float]) -> tuple[float, float]:

@@ -2,7 +2,7 @@
 
 Use it as a context manager around the measured part only (after warm-up)::
 
-    with Sampler(interval_s=0.1, server_pid=server.pid, metrics_url=url) as sampler:
+    with Sampler(SamplerConfig(interval_s=0.1, server_pid=server.pid, metrics_url=url)) as sampler:
         result = run_scenario(...)
     extra_info["llm"]["telemetry"] = sampler.summary()
 
@@ -19,7 +19,8 @@ Gauges on ``/metrics`` are polled at ``metrics_interval_s`` (1 s), slower
 than the rest, because the server renders that page on its serving path.
 
 Each sample also splits the host's CPU time between the server, this
-process (the client) and everything else (``load``), the evidence a
+process (the client) and everything else (CPU load, ``telemetry.cpuload``;
+its summary key is ``load``), the evidence a
 "machine busy" verdict rests on.
 
 Every source fails alone: an exception from one becomes one entry in
@@ -33,23 +34,24 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 
-from pytest_llmperf.telemetry.gpu import GpuAggregate, GpuReader
-from pytest_llmperf.telemetry.host import (
-    HostReader,
-    ProcessGone,
-    PsutilHostReader,
-    PsutilTreeReader,
-    TreeReader,
-)
-from pytest_llmperf.telemetry.load import (
+from pytest_llmperf.errors import ProcessGone
+from pytest_llmperf.telemetry.cpuload import (
     ClientReader,
-    LoadAggregate,
+    CpuLoadAggregate,
     PsutilClientReader,
     freq_ratio,
     server_threads,
     throttle_count,
+)
+from pytest_llmperf.telemetry.gpu import GpuAggregate, GpuReader
+from pytest_llmperf.telemetry.host import (
+    HostReader,
+    PsutilHostReader,
+    PsutilTreeReader,
+    TreeReader,
 )
 from pytest_llmperf.telemetry.nvml import DEFAULT_GPU, DefaultGpu, default_probe
 from pytest_llmperf.telemetry.running import RunningStat
@@ -57,44 +59,69 @@ from pytest_llmperf.telemetry.servermetrics import Fetch, MetricsWatcher, Ollama
 from pytest_llmperf.telemetry.shapes import CpuSummary, SeriesPoint, TelemetrySummary
 
 
+@dataclass(frozen=True)
+class SamplerConfig:
+    """What the sampler watches and how often.
+
+    ``server_pid`` is the server's root process (its tree is read, and the
+    GPU processes are matched to it); ``metrics_url`` its Prometheus page,
+    polled every ``metrics_interval_s``; ``ollama_ps_url`` Ollama's
+    ``/api/ps``; ``keep_series`` keeps every sample for ``series()``.
+    """
+
+    interval_s: float = 0.1
+    server_pid: int | None = None
+    metrics_url: str | None = None
+    ollama_ps_url: str | None = None
+    keep_series: bool = False
+    metrics_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s!r}")
+
+
+@dataclass(frozen=True)
+class SamplerSources:
+    """Where the readings come from: the machine's own readers and clocks unless replaced.
+
+    ``gpu=None`` reads no GPU (``DEFAULT_GPU``: the session's NVML probe);
+    ``host=None`` is a fresh ``PsutilHostReader``; ``tree_reader`` and
+    ``client_reader`` build the server's and the client's CPU readers
+    (``client_reader=None``: the client's share is not read); ``threads``,
+    ``throttle`` and ``freq`` feed the CPU load (``telemetry.cpuload``).
+    Tests replace them with scripted readers and a fake clock.
+    """
+
+    gpu: GpuReader | DefaultGpu | None = DEFAULT_GPU
+    host: HostReader | None = None
+    tree_reader: Callable[[int], TreeReader] = PsutilTreeReader
+    fetch: Fetch = http_get_text
+    clock: Callable[[], float] = time.perf_counter
+    thread_clock: Callable[[], float] = time.thread_time
+    client_reader: Callable[[], ClientReader] | None = PsutilClientReader
+    threads: Callable[[int], int | None] = server_threads
+    throttle: Callable[[], int | None] = throttle_count
+    freq: Callable[[], float | None] = freq_ratio
+
+
 class Sampler:
     """Samples host, server process tree, GPUs and server metrics while a scenario runs."""
 
-    def __init__(
-        self,
-        interval_s: float = 0.1,
-        *,
-        server_pid: int | None = None,
-        metrics_url: str | None = None,
-        ollama_ps_url: str | None = None,
-        gpu: GpuReader | DefaultGpu | None = DEFAULT_GPU,
-        keep_series: bool = False,
-        metrics_interval_s: float = 1.0,
-        host: HostReader | None = None,
-        tree_reader: Callable[[int], TreeReader] = PsutilTreeReader,
-        fetch: Fetch = http_get_text,
-        clock: Callable[[], float] = time.perf_counter,
-        thread_clock: Callable[[], float] = time.thread_time,
-        client_reader: Callable[[], ClientReader] | None = PsutilClientReader,
-        threads: Callable[[int], int | None] = server_threads,
-        throttle: Callable[[], int | None] = throttle_count,
-        freq: Callable[[], float | None] = freq_ratio,
-    ) -> None:
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s!r}")
-        self.interval_s = interval_s
-        self.server_pid = server_pid
-        self.keep_series = keep_series
-        self.metrics_interval_s = metrics_interval_s
+    def __init__(self, config: SamplerConfig | None = None, sources: SamplerSources | None = None) -> None:
+        config = config or SamplerConfig()
+        sources = sources or SamplerSources()
+        self.config = config
+        gpu = sources.gpu
         self._from_probe = isinstance(gpu, DefaultGpu)
         self._gpu: GpuReader | None = default_probe().get()[0] if isinstance(gpu, DefaultGpu) else gpu
-        self._host: HostReader | None = host if host is not None else PsutilHostReader()
-        self._tree_factory = tree_reader
+        self._host: HostReader | None = sources.host if sources.host is not None else PsutilHostReader()
+        self._tree_factory = sources.tree_reader
         self._tree: TreeReader | None = None
-        self._metrics = MetricsWatcher(metrics_url, fetch) if metrics_url else None
-        self._ollama = OllamaWatcher(ollama_ps_url, fetch) if ollama_ps_url else None
-        self._clock = clock
-        self._thread_clock = thread_clock
+        self._metrics = MetricsWatcher(config.metrics_url, sources.fetch) if config.metrics_url else None
+        self._ollama = OllamaWatcher(config.ollama_ps_url, sources.fetch) if config.ollama_ps_url else None
+        self._clock = sources.clock
+        self._thread_clock = sources.thread_clock
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,18 +137,20 @@ class Sampler:
         self._tree_cpu = RunningStat()
         self._tree_rss = RunningStat()
         self._tree_procs = 0
-        self._pids: frozenset[int] = frozenset({server_pid}) if server_pid is not None else frozenset()
+        self._pids: frozenset[int] = (
+            frozenset({config.server_pid}) if config.server_pid is not None else frozenset()
+        )
         self._gpus: list[GpuAggregate] = []
         self._summary: TelemetrySummary | None = None
         self._started = False
-        # "Machine busy" evidence: who used the CPU (telemetry.load).
-        self._client_factory = client_reader
+        # "Machine busy" evidence: who used the CPU (telemetry.cpuload).
+        self._client_factory = sources.client_reader
         self._client: ClientReader | None = None
-        self._threads = threads
-        self._load = LoadAggregate(throttle=throttle, freq=freq)
+        self._threads = sources.threads
+        self._cpu_load = CpuLoadAggregate(throttle=sources.throttle, freq=sources.freq)
         self._host_pct: tuple[tuple[float, ...], tuple[float, ...] | None] | None = None
         self._server_cores: float | None = None
-        self._load_on = True
+        self._cpu_load_on = True
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -147,11 +176,11 @@ class Sampler:
         self._started = True
         self._t0 = self._last_sample = self._last_poll = self._clock()
         self._guard("host", self._baseline_host)
-        if self.server_pid is not None:
+        if self.config.server_pid is not None:
             self._guard("server process", self._baseline_tree)
         if self._client_factory is not None:
             self._guard("client process", self._baseline_client)
-        self._guard("load", self._baseline_load)
+        self._guard("load", self._baseline_cpu_load)
         if self._gpu is not None:
             self._guard("gpu", self._baseline_gpu)
         if self._metrics is not None:
@@ -170,7 +199,7 @@ class Sampler:
             self._stop.set()
             self._thread.join()
         self._t_end = self._clock()
-        self._guard("load", self._load.finish)
+        self._guard("load", self._cpu_load.finish)
         server_metrics = self._metrics.finish() if self._metrics is not None else None
         if self._ollama is not None:
             self._ollama.poll()
@@ -183,19 +212,19 @@ class Sampler:
                 self._summary["ollama"] = ollama
 
     def _loop(self) -> None:
-        due = self._t0 + self.interval_s
+        due = self._t0 + self.config.interval_s
         while not self._stop.wait(max(0.0, due - self._clock())):
             self.sample_now()
-            due += self.interval_s
+            due += self.config.interval_s
             now = self._clock()
             if due < now:
                 # A slow read (a scrape, a busy machine) made us late: skip the missed
                 # ticks rather than burst to catch up, which would load the machine more.
-                due = now + self.interval_s
+                due = now + self.config.interval_s
         # Close the window at stop(); a sliver shorter than half a tick would give
         # per-core figures of 0 or 100 from kernel tick granularity, so it only
         # updates the energy counter.
-        if self._clock() - self._last_sample >= self.interval_s / 2:
+        if self._clock() - self._last_sample >= self.config.interval_s / 2:
             self.sample_now()
         elif self._gpu is not None:
             self._guard("gpu", self._energy_only)
@@ -213,11 +242,11 @@ class Sampler:
                 self._guard("host", lambda: self._sample_host(point))
             if self._tree is not None:
                 self._guard("server process", lambda: self._sample_tree(now, point))
-            if self._load_on:
-                self._guard("load", lambda: self._sample_load(now))
+            if self._cpu_load_on:
+                self._guard("load", lambda: self._sample_cpu_load(now))
             if self._gpu is not None:
                 self._guard("gpu", lambda: self._sample_gpu(point))
-            if now - self._last_poll >= self.metrics_interval_s:
+            if now - self._last_poll >= self.config.metrics_interval_s:
                 self._last_poll = now
                 if self._metrics is not None:
                     gauges = self._metrics.poll()
@@ -227,7 +256,7 @@ class Sampler:
                     self._ollama.poll()
             self._samples += 1
             self._last_sample = now
-            if self.keep_series:
+            if self.config.keep_series:
                 self._series.append(point)
             self._cpu_s += self._thread_clock() - cpu_start
 
@@ -250,7 +279,7 @@ class Sampler:
         elif source == "client process":
             self._client = None
         elif source == "load":
-            self._load_on = False
+            self._cpu_load_on = False
         elif source == "gpu":
             self._gpu = None
             if self._from_probe:
@@ -261,8 +290,8 @@ class Sampler:
         self._host.read()
 
     def _baseline_tree(self) -> None:
-        assert self.server_pid is not None
-        self._tree = self._tree_factory(self.server_pid)
+        assert self.config.server_pid is not None
+        self._tree = self._tree_factory(self.config.server_pid)
         self._tree.read(self._t0)
 
     def _baseline_client(self) -> None:
@@ -270,16 +299,16 @@ class Sampler:
         self._client = self._client_factory()
         self._client.read(self._t0)
 
-    def _baseline_load(self) -> None:
-        if self.server_pid is not None:
-            self._load.threads = self._threads(self.server_pid)
-        self._load.begin()
+    def _baseline_cpu_load(self) -> None:
+        if self.config.server_pid is not None:
+            self._cpu_load.threads = self._threads(self.config.server_pid)
+        self._cpu_load.begin()
 
-    def _sample_load(self, now: float) -> None:
+    def _sample_cpu_load(self, now: float) -> None:
         client = self._client.read(now) if self._client is not None else None
         if self._host_pct is not None:
             per_core, steal = self._host_pct
-            self._load.add(per_core, steal, client, self._server_cores)
+            self._cpu_load.add(per_core, steal, client, self._server_cores)
 
     def _baseline_gpu(self) -> None:
         assert self._gpu is not None
@@ -356,7 +385,7 @@ class Sampler:
     def _build_summary(self) -> TelemetrySummary:
         duration = max(self._t_end - self._t0, 0.0)
         out: TelemetrySummary = {
-            "interval_s": self.interval_s,
+            "interval_s": self.config.interval_s,
             "samples": self._samples,
             "duration_s": round(duration, 3),
             "sampler_cpu_ms_per_s": round(1000.0 * self._cpu_s / duration, 3) if duration > 0 else 0.0,
@@ -370,9 +399,9 @@ class Sampler:
                 "system_used_mean_bytes": int(self._mem.total / self._mem.count),
                 "system_used_max_bytes": int(self._mem.max),
             }
-        if self.server_pid is not None and self._tree_cpu.count:
+        if self.config.server_pid is not None and self._tree_cpu.count:
             out["server_process"] = {
-                "pid": self.server_pid,
+                "pid": self.config.server_pid,
                 "processes_max": self._tree_procs,
                 "cpu_mean_pct": round(self._tree_cpu.total / self._tree_cpu.count, 2),
                 "cpu_max_pct": round(self._tree_cpu.max, 2),
@@ -381,7 +410,7 @@ class Sampler:
             }
         if self._gpus:
             out["gpu"] = [agg.summary() for agg in self._gpus]
-        load = self._load.summary()
+        load = self._cpu_load.summary()
         if load is not None:
             out["load"] = load
         return out

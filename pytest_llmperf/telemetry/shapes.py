@@ -34,7 +34,7 @@ is 0..100 per core or device, and process-tree CPU can exceed 100 (one core
       "load": {"cores": 2, "samples": 52, "busy_cores_mean": 1.97, "steal_cores_mean": 0.0,
                "idle_cores_mean": 0.03, "client_cores_mean": 0.05, "server_cores_mean": 1.9,
                "others_cores_mean": 0.02, "others_cores_max": 0.2, "server_threads": 2,
-               "freq_ratio_mean": 0.98, "throttle_events": 0}          # see LoadSummary
+               "freq_ratio_mean": 0.98, "throttle_events": 0}          # see CpuLoadSummary
     }
 
 Server histograms give an exact ``mean`` (delta of ``_sum`` over delta of
@@ -162,13 +162,13 @@ class OllamaSummary(TypedDict):
     models: list[OllamaModel]
 
 
-class _LoadRequired(TypedDict):
+class _CpuLoadRequired(TypedDict):
     cores: int
     samples: int
     busy_cores_mean: float
 
 
-class LoadSummary(_LoadRequired, total=False):
+class CpuLoadSummary(_CpuLoadRequired, total=False):
     """Who used the CPU over the measured window, in cores (CPU seconds per wall second).
 
     ``busy_cores_mean`` excludes steal; ``others_cores_*`` (busy minus server
@@ -203,7 +203,7 @@ class TelemetrySummary(_SummaryRequired, total=False):
     gpu: list[GpuSummary]
     server_metrics: ServerMetrics
     ollama: OllamaSummary
-    load: LoadSummary
+    load: CpuLoadSummary  # the key says load; it is CPU load (telemetry.cpuload)
 
 
 class GpuPoint(TypedDict, total=False):

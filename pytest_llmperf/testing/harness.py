@@ -72,6 +72,10 @@ class DetServer:
         return self.process.alive()
 
 
+START_TIMEOUT_S = 30.0
+"""How long the detserver may take to answer ``/health``: it starts in well under a second."""
+
+
 @contextmanager
 def running_detserver(
     workdir: Path,
@@ -81,13 +85,15 @@ def running_detserver(
     fault: str | None = None,
     args: Sequence[str] = (),
     model: str = "detserver",
-    name: str = "detserver",
-    start_timeout_s: float = 30.0,
 ) -> Iterator[DetServer]:
-    """Run a detserver for the ``with`` block; ``args`` adds raw command-line flags."""
+    """Run a detserver for the ``with`` block; ``args`` adds raw command-line flags.
+
+    Its stamp log and log go into ``workdir``, named after the port: give
+    each server its own ``workdir`` to tell their files apart at a glance.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    stamp_log = workdir / f"{name}-{port}-stamps.jsonl"
+    stamp_log = workdir / f"detserver-{port}-stamps.jsonl"
     argv = [sys.executable, "-m", "pytest_llmperf.testing.detserver", "--port", str(port)]
     argv += [
         "--ttft-ms",
@@ -102,14 +108,14 @@ def running_detserver(
     if fault:
         argv += ["--fault", fault]
     argv += list(args)
-    log_path = workdir / f"{name}-{port}.log"
+    log_path = workdir / f"detserver-{port}.log"
     proc = ManagedProcess(argv, log_path=log_path, stop_grace_s=5.0)
     base_url = f"http://127.0.0.1:{port}"
     try:
         proc.wait_healthy(
             lambda: http_status(base_url + "/health", timeout_s=1.0) == 200,
             what="detserver",
-            timeout_s=start_timeout_s,
+            timeout_s=START_TIMEOUT_S,
             poll_s=0.05,
         )
         yield DetServer(base_url=base_url, model=model, stamp_log=stamp_log, log_path=log_path, process=proc)

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pytest_llmperf.measure.client import Target, prepare, send
+from pytest_llmperf.measure.client import RequestSpec, Target, prepare, send
 from pytest_llmperf.servers import vllm_env
 from pytest_llmperf.servers.base import LaunchRequest, http_status
 from pytest_llmperf.servers.models import REGISTRY
@@ -76,7 +76,9 @@ def test_streamed_completion_has_usage_and_the_exact_length(
 ) -> None:
     target = Target(vllm_server.base_url, vllm_server.model, vllm_server.capabilities, vllm_server.headers)
     prompt = "the river and the stone " * 8
-    prepared = prepare(target, prompt, request_id="vllm-1", scenario="cpu", input_tokens=40, max_tokens=64)
+    prepared = prepare(
+        target, prompt, RequestSpec(request_id="vllm-1", scenario="cpu", input_tokens=40, max_tokens=64)
+    )
     record = asyncio.run(send(prepared, scheduled_ns=time.perf_counter_ns(), timeout_s=120))
     assert record.error is None, record.error
     assert record.status == 200

@@ -8,7 +8,7 @@ import pytest
 from judge_support import TTFTS, baseline_of, run
 
 from pytest_llmperf.judge.busy import OTHERS_BUSY_CORES, SPARE_CORES, busy_reasons, is_busy
-from pytest_llmperf.judge.verdict import judge
+from pytest_llmperf.judge.verdict import Rules, judge
 
 QUIET = {"cores": 2, "samples": 50, "busy_cores_mean": 1.97, "steal_cores_mean": 0.0,
          "idle_cores_mean": 0.03, "client_cores_mean": 0.05, "server_cores_mean": 1.9,
@@ -56,17 +56,17 @@ def test_a_busy_run_is_invalid_and_never_compared() -> None:
     assert outcome.kind == "invalid"
     assert outcome.reasons[0].startswith("invalid measurement: machine busy: other processes used 0.9 cores")
     assert outcome.comparisons == ()
-    warned = judge(busy, None, base, busy="warn")
+    warned = judge(busy, None, base, rules=Rules(busy="warn"))
     assert warned.kind == "fail-regression"
     assert warned.notes[0].startswith("invalid measurement: machine busy")
-    assert not any("busy" in note for note in judge(busy, None, base, busy="ignore").notes)
+    assert not any("busy" in note for note in judge(busy, None, base, rules=Rules(busy="ignore")).notes)
 
 
 @pytest.mark.parametrize("mode", ["fail", "warn"])
 def test_a_busy_baseline_entry_is_not_compared(mode: Any) -> None:
     base = {**baseline_of(run(TTFTS, 40.0)), "telemetry": {"load": HOG}}
     assert is_busy(base)
-    outcome = judge(run(TTFTS, 10.0, telemetry={"load": QUIET}), None, base, busy=mode)
+    outcome = judge(run(TTFTS, 10.0, telemetry={"load": QUIET}), None, base, rules=Rules(busy=mode))
     assert outcome.kind == "pass"
     assert outcome.comparisons == ()
     assert "baseline entry was measured on a busy machine, so it is not compared" in outcome.notes

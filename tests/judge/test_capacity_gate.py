@@ -17,7 +17,7 @@ from judge_support import TTFTS, baseline_of, run
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.judge import budgets
 from pytest_llmperf.judge.capacity import Capacity, Criterion, Probe, capacity_info
-from pytest_llmperf.judge.noise import CaseRun, compare_run_figures
+from pytest_llmperf.judge.noise import CaseRun, Correction, compare_run_figures
 from pytest_llmperf.judge.verdict import (
     DEFAULT_TOLERANCES,
     Evidence,
@@ -143,32 +143,32 @@ def figures(*values: float, metric: str = "capacity_concurrency", step: float = 
 
 
 def test_a_capacity_drop_of_one_step_is_the_searchs_resolution_not_a_regression() -> None:
-    (one,) = compare_run_figures(figures(8), figures(7)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (one,) = compare_run_figures(figures(8), figures(7)[0], DEFAULT_TOLERANCES, Correction(5))
     assert (one.change, one.regressed) == (pytest.approx(-0.125), False)  # -12.5%: one step, never fails
     # One run: the floor is 25% worse in log terms, a drop of 1 - 1/1.25 = 20%.
-    (two,) = compare_run_figures(figures(10), figures(9)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (two,) = compare_run_figures(figures(10), figures(9)[0], DEFAULT_TOLERANCES, Correction(5))
     assert two.regressed is False  # -10%: within the floor (and one step)
-    (three,) = compare_run_figures(figures(8), figures(6)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (three,) = compare_run_figures(figures(8), figures(6)[0], DEFAULT_TOLERANCES, Correction(5))
     assert three.regressed is True
     assert three.reason() == (
         "capacity_concurrency 8 -> 6 (-25.0% vs 1 baseline run; the bar is -20.0%, tolerance -10%, and more "
         "than one search step)"
     )
-    (up,) = compare_run_figures(figures(8), figures(12)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (up,) = compare_run_figures(figures(8), figures(12)[0], DEFAULT_TOLERANCES, Correction(5))
     assert up.regressed is False
 
 
 def test_with_a_history_the_bar_is_what_unchanged_runs_showed() -> None:
     steady = figures(8, 8, 8, 8)
-    (drop,) = compare_run_figures(steady, figures(6)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (drop,) = compare_run_figures(steady, figures(6)[0], DEFAULT_TOLERANCES, Correction(5))
     assert drop.regressed is True
     assert drop.method == "figure"
     assert drop.runs == 4
     noisy = figures(8, 5, 8, 5)
-    (same,) = compare_run_figures(noisy, figures(5)[0], DEFAULT_TOLERANCES, comparisons=5)
+    (same,) = compare_run_figures(noisy, figures(5)[0], DEFAULT_TOLERANCES, Correction(5))
     assert same.regressed is False  # 5 is what this history already shows
     loose = parse_tolerances(["capacity=50"])
-    (tolerated,) = compare_run_figures(steady, figures(5)[0], loose, comparisons=5)
+    (tolerated,) = compare_run_figures(steady, figures(5)[0], loose, Correction(5))
     assert tolerated.regressed is False
 
 

@@ -15,6 +15,7 @@ import pytest
 from pytest_llmperf.judge.noise import (
     ONE_RUN_FLOOR,
     CaseRun,
+    Correction,
     compare_case,
     compare_history,
     compare_repeats,
@@ -134,8 +135,8 @@ def test_history_bound_worked_by_hand() -> None:
     sigma = math.log(1.05) / (0.6744897501960817 * math.sqrt(2))
     bound = t_quantile(0.99, 4) * sigma * math.sqrt(1 + math.pi / 10)
     assert t_quantile(0.99, 4) == pytest.approx(3.747, abs=5e-4)
-    passing = compare_history("tpot_ms", history, case(12.0), 0.05, None, comparisons=5)
-    failing = compare_history("tpot_ms", history, case(13.5), 0.05, None, comparisons=5)
+    passing = compare_history("tpot_ms", history, case(12.0), 0.05, None, correction=Correction(5))
+    failing = compare_history("tpot_ms", history, case(13.5), 0.05, None, correction=Correction(5))
     assert passing is not None
     assert failing is not None
     assert passing.baseline == pytest.approx(10.5)
@@ -148,7 +149,7 @@ def test_history_bound_worked_by_hand() -> None:
 
 def test_a_steady_history_lets_the_tolerance_decide() -> None:
     history = [case(t) for t in (10.0, 10.02, 10.01, 9.99, 10.0)]
-    cmp = compare_history("tpot_ms", history, case(11.0), 0.05, None, comparisons=5)
+    cmp = compare_history("tpot_ms", history, case(11.0), 0.05, None, correction=Correction(5))
     assert cmp is not None
     assert cmp.bar == pytest.approx(0.05)  # the bound (+0.4%) is under the tolerance
     assert cmp.regressed
@@ -156,8 +157,8 @@ def test_a_steady_history_lets_the_tolerance_decide() -> None:
 
 def test_more_comparisons_in_a_session_raise_the_bar() -> None:
     history = [case(t) for t in (10.0, 10.5, 11.0, 10.0, 10.5)]
-    few = compare_history("tpot_ms", history, case(12.0), 0.05, None, comparisons=5)
-    many = compare_history("tpot_ms", history, case(12.0), 0.05, None, comparisons=75)
+    few = compare_history("tpot_ms", history, case(12.0), 0.05, None, correction=Correction(5))
+    many = compare_history("tpot_ms", history, case(12.0), 0.05, None, correction=Correction(75))
     assert few is not None
     assert many is not None
     assert many.bar is not None
@@ -171,7 +172,7 @@ def test_pooled_spread_of_other_cases_and_a_noisier_case_keeps_its_own() -> None
     assert pooled is not None
     assert pooled[1] == 10  # 5 cases x (3 - 1)
     noisy = [case(t) for t in (10.0, 12.0, 14.0)]
-    cmp = compare_history("tpot_ms", noisy, case(15.0), 0.05, pooled, comparisons=5)
+    cmp = compare_history("tpot_ms", noisy, case(15.0), 0.05, pooled, correction=Correction(5))
     assert cmp is not None
     # Its own spread (median |log diff| = log(1.2)) is far above the pooled one: it is kept.
     assert cmp.spread == pytest.approx(math.expm1(math.log(1.2) / (0.6744897501960817 * math.sqrt(2))))
@@ -242,10 +243,10 @@ def test_sample_size_notes_say_what_would_resolve_the_tolerance() -> None:
 
 def test_a_candidate_noisier_inside_than_its_history_gets_a_wider_bound() -> None:
     history = [case(t, spread=0.01) for t in (10.0, 10.05, 10.0, 9.95, 10.0)]
-    tight = compare_history("tpot_ms", history, case(11.5, spread=0.01), 0.05, None, comparisons=5)
+    tight = compare_history("tpot_ms", history, case(11.5, spread=0.01), 0.05, None, correction=Correction(5))
     # Requests at 0.7x, 1x and 1.3x of 11.5 ms: the same median, but 8 such requests pin it to about
     # +-17% (1.2533 x 1.4826 x MAD log(1.3) / sqrt(8)), so +15% is no longer beyond the bound.
-    loose = compare_history("tpot_ms", history, case(11.5, spread=0.3), 0.05, None, comparisons=5)
+    loose = compare_history("tpot_ms", history, case(11.5, spread=0.3), 0.05, None, correction=Correction(5))
     assert tight is not None
     assert loose is not None
     assert tight.change == pytest.approx(loose.change) == pytest.approx(0.15)

@@ -13,6 +13,7 @@ from pytest_llmperf.judge.budgets import parse_marker
 from pytest_llmperf.judge.verdict import (
     DEFAULT_TOLERANCES,
     ONE_RUN_NOTE,
+    Rules,
     Tolerances,
     check_hardware,
     compare_samples,
@@ -301,5 +302,7 @@ def test_tolerance_mistakes(items: Any, message: str) -> None:
 
 def test_custom_tolerance_lets_a_ten_percent_change_pass() -> None:
     base = baseline_of(run(TTFTS, 10.0))
-    outcome = judge(run(TTFTS, 11.0), None, base, tolerances=parse_tolerances({"tpot_ms": 12, "itl_ms": 12}))
+    outcome = judge(
+        run(TTFTS, 11.0), None, base, rules=Rules(parse_tolerances({"tpot_ms": 12, "itl_ms": 12}))
+    )
     assert outcome.kind == "pass"

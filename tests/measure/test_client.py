@@ -28,7 +28,9 @@ def send(
     target: Target, request_id: str = "req-1", max_tokens: int = 8, timeout_s: float = 30.0
 ) -> RequestRecord:
     prepared = client.prepare(
-        target, PROMPT, request_id=request_id, scenario="t", input_tokens=6, max_tokens=max_tokens
+        target,
+        PROMPT,
+        client.RequestSpec(request_id=request_id, scenario="t", input_tokens=6, max_tokens=max_tokens),
     )
     return asyncio.run(client.send(prepared, scheduled_ns=time.perf_counter_ns(), timeout_s=timeout_s))
 
@@ -155,7 +157,9 @@ def test_nothing_listening() -> None:
 
 def test_headers_are_sent_but_never_kept(det: DetServer) -> None:
     target = det.target("completions", headers={"Authorization": "Bearer sekrit"})
-    prepared = client.prepare(target, PROMPT, request_id="h", scenario="t", input_tokens=6, max_tokens=2)
+    prepared = client.prepare(
+        target, PROMPT, client.RequestSpec(request_id="h", scenario="t", input_tokens=6, max_tokens=2)
+    )
     assert b"Authorization: Bearer sekrit\r\n" in prepared.payload
     assert b"x-request-id: h\r\n" in prepared.payload
     assert b"Connection: keep-alive\r\n" in prepared.payload
@@ -215,10 +219,8 @@ def exchanges(
     async def run() -> list[RequestRecord]:
         out = []
         for i in range(count):
-            req = client.prepare(
-                target, PROMPT, request_id=f"ka-{keep_alive}-{i}", scenario="t", input_tokens=6,
-                max_tokens=max_tokens, keep_alive=keep_alive,
-            )  # fmt: skip
+            spec = client.RequestSpec(f"ka-{keep_alive}-{i}", "t", input_tokens=6, max_tokens=max_tokens)
+            req = client.prepare(target, PROMPT, spec, keep_alive=keep_alive)
             ex = await connections.exchange(req, scheduled_ns=time.perf_counter_ns(), timeout_s=30)
             out.append(ex.record())
         connections.close()
@@ -244,8 +246,8 @@ def test_per_request_connections_are_opened_and_closed_each_time(det: DetServer)
     records, connections = exchanges(det.target("completions"), 3, keep_alive=False)
     assert all(r.ok for r in records)
     assert connections.opened == 3
-    req = client.prepare(det.target(), PROMPT, request_id="x", scenario="t", input_tokens=6, max_tokens=2,
-                         keep_alive=False)  # fmt: skip
+    spec = client.RequestSpec(request_id="x", scenario="t", input_tokens=6, max_tokens=2)
+    req = client.prepare(det.target(), PROMPT, spec, keep_alive=False)
     assert b"Connection: close\r\n" in req.payload
 
 

@@ -64,13 +64,15 @@ def test_a_thousand_requests_at_concurrency_256_leave_fds_and_memory_where_they_
 
     with running_detserver(tmp_path, ttft_ms=5, itl_ms=1) as server:
         target = server.target()
-        warm = runner.measure(target, scenario, model="det", backend="openai")
+        warm = runner.measure(runner.Subject(target, model="det", backend="openai"), scenario)
         assert warm.summary.completed == REQUESTS
         del warm
         fds0, rss0, blocks0 = level()
 
         for _ in range(RUNS):
-            result = runner.measure(target, scenario, model="det", backend="openai", on_record=watch)
+            result = runner.measure(
+                runner.Subject(target, model="det", backend="openai"), scenario, on_record=watch
+            )
             assert (result.summary.completed, result.summary.errors) == (REQUESTS, 0)
             assert all(r.output_tokens == 4 for r in result.records)
             del result

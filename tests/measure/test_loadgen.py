@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pytest_llmperf.measure import loadgen, runner
-from pytest_llmperf.measure.loadgen import LagSampler, LoadResult, arrival_offsets_ns, run_load
+from pytest_llmperf.measure.loadgen import Control, LagSampler, LoadResult, arrival_offsets_ns, run_load
 from pytest_llmperf.measure.stats import distribution, summarize
 from pytest_llmperf.records import RequestRecord, Scenario
 from pytest_llmperf.testing.harness import running_detserver
@@ -169,7 +169,7 @@ def test_saturated_client_makes_the_run_invalid(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(runner, "LAG_LIMIT_MS", -1.0)  # any lag at all counts
     sc = Scenario(input_tokens=8, output_tokens=8, requests=2, warmup=0)
     with running_detserver(tmp_path, ttft_ms=30, itl_ms=10) as server:  # 100 ms a request: lag samples
-        result = runner.measure(server.target(), sc, model="m", backend="d")
+        result = runner.measure(runner.Subject(server.target(), model="m", backend="d"), sc)
     assert result.loop_lag_ms is not None
     assert any(
         reason.startswith("invalid measurement: client saturated, event-loop lag p99")
@@ -198,7 +198,7 @@ def test_output_length_misses_over_5_percent_are_invalid(tmp_path: Path, every: 
     args = ["--fault-every", str(every)]
     sc = Scenario(input_tokens=16, output_tokens=8, concurrency=4, requests=20, warmup=0)
     with running_detserver(tmp_path, ttft_ms=2, itl_ms=1, fault="early-eos", args=args) as server:
-        result = runner.measure(server.target(), sc, model="m", backend="d")
+        result = runner.measure(runner.Subject(server.target(), model="m", backend="d"), sc)
     assert result.summary.completed == 20
     assert result.summary.output_length_misses == 20 // every
     reasons = [r for r in result.invalid if "output tokens" in r]
@@ -215,7 +215,9 @@ def test_server_dying_mid_run_returns_error_records(tmp_path: Path) -> None:
     seen: list[RequestRecord] = []
     sc = Scenario(input_tokens=16, output_tokens=8, concurrency=2, requests=10, warmup=1)
     with running_detserver(tmp_path, ttft_ms=2, itl_ms=1, fault="die-after=4") as server:
-        result = runner.measure(server.target(), sc, model="m", backend="d", on_record=seen.append)
+        result = runner.measure(
+            runner.Subject(server.target(), model="m", backend="d"), sc, on_record=seen.append
+        )
     assert len(result.records) == 11
     assert [r.request_id for r in seen] == [r.request_id for r in result.records]
     assert 1 <= result.summary.completed <= 4
@@ -226,7 +228,9 @@ def test_server_dying_mid_run_returns_error_records(tmp_path: Path) -> None:
 def test_measure_end_to_end(tmp_path: Path) -> None:
     sc = Scenario(input_tokens=32, output_tokens=16, concurrency=4, requests=12, warmup=2)
     with running_detserver(tmp_path, ttft_ms=20, itl_ms=2) as server:
-        result = runner.measure(server.target("chat", usage_per_chunk=True), sc, model="m", backend="d")
+        result = runner.measure(
+            runner.Subject(server.target("chat", usage_per_chunk=True), model="m", backend="d"), sc
+        )
         stamps = server.stamps()
     s = result.summary
     assert (s.requests, s.completed, s.errors, s.output_length_misses) == (12, 12, 0, 0)
@@ -247,7 +251,7 @@ def test_measure_from_inside_a_running_loop(tmp_path: Path) -> None:
 
     async def caller(server_target: object) -> int:
         sc = Scenario(input_tokens=8, output_tokens=4, requests=2, warmup=0)
-        result = runner.measure(server_target, sc, model="m", backend="d")  # type: ignore[arg-type]
+        result = runner.measure(runner.Subject(server_target, model="m", backend="d"), sc)  # type: ignore[arg-type]
         return result.summary.completed
 
     with running_detserver(tmp_path, ttft_ms=2, itl_ms=1) as server:
@@ -266,7 +270,11 @@ def test_connections_open_after_warmup_and_before_the_measured_phase() -> None:
         events.append(("connect", streams))
 
     sc = Scenario(input_tokens=8, output_tokens=3, concurrency=3, requests=6, warmup=2)
-    asyncio.run(run_load(send, sc, on_measured=lambda: events.append(("measured", 0)), connect=connect))
+    asyncio.run(
+        run_load(
+            send, sc, on_measured=lambda: events.append(("measured", 0)), control=Control(connect=connect)
+        )
+    )
     assert sorted(events[:2]) == [("send", 0), ("send", 1)]
     assert events[2:4] == [("connect", 3), ("measured", 0)]
     assert sorted(events[4:]) == [("send", i) for i in range(2, 8)]
@@ -283,7 +291,7 @@ def test_a_stop_from_outside_ends_the_run() -> None:
             if rec.request_id == "r4":
                 halt.set()
 
-        return await run_load(fake.send, sc, on_record=seen, stop=halt)
+        return await run_load(fake.send, sc, on_record=seen, control=Control(stop=halt))
 
     result = asyncio.run(run())
     assert 5 <= len(result.records) < 5 + 2 * sc.concurrency
@@ -301,7 +309,9 @@ def test_a_shared_arrival_schedule_starts_where_on_measured_says() -> None:
         async def measured() -> int:
             return start
 
-        return await run_load(fake.send, sc, on_measured=measured, arrivals_ns=offsets), start
+        return await run_load(
+            fake.send, sc, on_measured=measured, control=Control(arrivals_ns=offsets)
+        ), start
 
     result, start = asyncio.run(run())
     assert sorted(r.scheduled_ns - start for r in result.records) == offsets

@@ -94,7 +94,7 @@ def test_usage_calibration_without_tokenizer(det: DetServer, api: Api) -> None:
 @pytest.mark.parametrize("api", ["completions", "chat", "ollama-generate"])
 def test_achieved_input_tokens_are_recorded(det: DetServer, api: Api) -> None:
     sc = Scenario(input_tokens=50, output_tokens=4, concurrency=2, requests=4, warmup=1)
-    result = runner.measure(det.target(api), sc, model="m", backend="det")
+    result = runner.measure(runner.Subject(det.target(api), model="m", backend="det"), sc)
     assert [r.input_tokens for r in result.records] == [50] * 5
     assert result.summary.input_tokens_mean == 50.0
     assert result.extra["prompt_tokens_checked"] is (not api.startswith("ollama"))

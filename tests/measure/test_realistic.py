@@ -19,6 +19,7 @@ from load_support import traffic_of
 from pytest_llmperf.errors import ConfigError
 from pytest_llmperf.measure import realistic
 from pytest_llmperf.measure.client import Target
+from pytest_llmperf.measure.runner import Subject
 from pytest_llmperf.measure.traffic import Normal, Uniform
 from pytest_llmperf.measure.wire import response_text
 from pytest_llmperf.records import Scenario
@@ -54,7 +55,7 @@ def test_each_request_gets_its_own_drawn_length_exactly(logged: DetServer) -> No
     assert [p.output_tokens for p in again.requests] == [p.output_tokens for p in plan.requests]
     assert [p.text for p in again.requests] != [p.text for p in plan.requests]  # fresh words per salt
 
-    result = realistic.measure(target, scenario, plan, model="m", backend="openai")
+    result = realistic.measure(Subject(target, "m", "openai"), scenario, plan)
     assert result.invalid == ()
     in_order = sorted(result.records, key=lambda r: int(r.request_id.rsplit("-", 1)[1]))
     for planned, rec in zip(plan.requests, in_order, strict=True):
@@ -84,7 +85,7 @@ def test_a_conversation_sends_each_turn_with_the_history_and_the_previous_answer
     work = traffic_of(where="t", input_tokens=12, output_tokens=5, turns=3)
     scenario = Scenario(12, 5, concurrency=2, requests=6, warmup=1, turns=3)
     plan = realistic.plan(target, scenario, work, "salt")
-    result = realistic.measure(target, scenario, plan, model="m", backend="openai")
+    result = realistic.measure(Subject(target, "m", "openai"), scenario, plan)
     assert result.invalid == ()
     assert result.summary.errors == 0
     seen = prompts_seen(logged, {r.request_id for r in result.records})
@@ -135,7 +136,7 @@ def test_a_duration_run_starts_nothing_after_its_duration(det: DetServer) -> Non
     work = traffic_of(where="t", input_tokens=16, output_tokens=8)
     scenario = Scenario(16, 8, concurrency=2, requests=500, warmup=1, duration_s=0.6)
     planned = realistic.plan(det.target(), scenario, work)
-    result = realistic.measure(det.target(), scenario, planned, model="m", backend="openai")
+    result = realistic.measure(Subject(det.target(), "m", "openai"), scenario, planned)
     measured = result.measured
     start = min(r.sent_ns for r in measured)
     # A request takes ~34 ms (TTFT 20 ms + 7 x 2 ms): ~35 in 0.6 s at concurrency 2, far below the cap.

@@ -23,7 +23,7 @@ from pytest_llmperf.measure import runner, workers
 from pytest_llmperf.measure.loadgen import arrival_offsets_ns
 from pytest_llmperf.measure.workers import Part, proportional, shares, split
 from pytest_llmperf.records import RequestRecord, Scenario
-from pytest_llmperf.telemetry.load import PsutilClientReader
+from pytest_llmperf.telemetry.cpuload import PsutilClientReader
 from pytest_llmperf.testing.harness import DetServer, running_detserver
 
 

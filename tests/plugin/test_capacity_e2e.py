@@ -54,9 +54,7 @@ def test_sweep(llm_perf):
 @contextmanager
 def batched(tmp_path: Path, name: str, growth_ms: float) -> Iterator[DetServer]:
     args = ("--max-batch", "8", "--itl-growth-ms", str(growth_ms))
-    with running_detserver(
-        tmp_path / name, ttft_ms=20, itl_ms=10, args=args, name=name, model="org/det"
-    ) as server:
+    with running_detserver(tmp_path / name, ttft_ms=20, itl_ms=10, args=args, model="org/det") as server:
         yield server
 
 

@@ -29,9 +29,7 @@ def test_case(llm_perf):
 @contextmanager
 def detserver(tmp_path: Path, name: str, itl_scale: float = 1.0) -> Iterator[str]:
     args = ("--itl-scale", str(itl_scale))
-    with running_detserver(
-        tmp_path / name, ttft_ms=40, itl_ms=10, args=args, name=name, model="org/det"
-    ) as server:
+    with running_detserver(tmp_path / name, ttft_ms=40, itl_ms=10, args=args, model="org/det") as server:
         yield server.base_url
 
 

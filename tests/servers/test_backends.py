@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
-from pytest_llmperf.measure.client import Target, prepare, send
+from pytest_llmperf.measure.client import RequestSpec, Target, prepare, send
 from pytest_llmperf.servers import backends as servers
 from pytest_llmperf.servers import endpoint
 from pytest_llmperf.servers import vllm as vllm_backend
@@ -245,7 +245,9 @@ def test_endpoint_attaches_finds_the_served_model_and_streams(det: DetServer, tm
     assert server.capabilities.extra_body == {}
     server.check_alive()
     target = Target(server.base_url, server.model, server.capabilities, server.headers)
-    prepared = prepare(target, "one two three", request_id="r1", scenario="s", input_tokens=3, max_tokens=5)
+    prepared = prepare(
+        target, "one two three", RequestSpec(request_id="r1", scenario="s", input_tokens=3, max_tokens=5)
+    )
     record = asyncio.run(send(prepared, scheduled_ns=time.perf_counter_ns(), timeout_s=30))
     assert record.error is None
     assert record.output_tokens == 5

@@ -68,7 +68,7 @@ def one_l4(free: int = 23_600_000_000) -> Machine:
 
 
 def test_llama_8b_bf16_is_16_gb_of_weights_and_fits_an_l4() -> None:
-    result = fit.check_fit(REGISTRY["llama3.1-8b"], one_l4(), precision="bf16", context=4096, concurrency=4)
+    result = fit.check_fit(REGISTRY["llama3.1-8b"], one_l4(), fit.Layout("bf16"), context=4096, concurrency=4)
     est = result.estimate
     assert est.weights_bytes == 16_060_000_000  # 8.03 B params x 2 bytes
     assert est.kv_cache_bytes == 2_147_483_648  # 2 x 32 layers x 8 KV heads x 128 x 2 B x 4096 x 4
@@ -84,7 +84,7 @@ def test_llama_8b_bf16_is_16_gb_of_weights_and_fits_an_l4() -> None:
 
 def test_llama_70b_at_ollamas_default_4_bit_is_about_42_gb() -> None:
     spec = REGISTRY["llama3.1-70b"]
-    est = fit.estimate(spec, precision=fit.default_precision("ollama"), context=2048, concurrency=1)
+    est = fit.estimate(spec, fit.Layout(fit.default_precision("ollama")), context=2048, concurrency=1)
     assert est.precision == "q4_k_m"
     assert est.weights_bytes == 42_330_000_000  # Ollama lists llama3.1:70b as 43 GB
     assert est.kv_cache_bytes == 671_088_640
@@ -94,7 +94,9 @@ def test_llama_70b_at_ollamas_default_4_bit_is_about_42_gb() -> None:
 
 
 def test_llama_70b_bf16_does_not_fit_one_80_gb_card_and_the_reason_says_what_would() -> None:
-    result = fit.check_fit(REGISTRY["llama3.1-70b"], one_l4(), precision="bf16", context=4096, concurrency=4)
+    result = fit.check_fit(
+        REGISTRY["llama3.1-70b"], one_l4(), fit.Layout("bf16"), context=4096, concurrency=4
+    )
     assert not result.fits
     assert result.devices_needed is None
     assert result.estimate.per_device_bytes(1) == 154_523_709_120
@@ -117,13 +119,13 @@ def test_several_gpus_are_used_only_as_far_as_the_emptiest_ones_allow() -> None:
         ),
     )
     spec = REGISTRY["llama3.1-70b"]
-    result = fit.check_fit(spec, machine, precision="bf16", context=4096, concurrency=4)
+    result = fit.check_fit(spec, machine, fit.Layout("bf16"), context=4096, concurrency=4)
     assert result.fits
     assert result.devices_needed == 2
     assert (
         "this machine has 1 x 80 GB + 1 x 79 GB + 1 x 5.0 GB free; fits on 2 x NVIDIA H100" in result.reason
     )
-    pinned = fit.check_fit(spec, machine, precision="bf16", context=4096, concurrency=4, devices=1)
+    pinned = fit.check_fit(spec, machine, fit.Layout("bf16"), context=4096, concurrency=4, devices=1)
     assert not pinned.fits
 
 

@@ -34,7 +34,7 @@ import psutil
 import pytest
 
 from pytest_llmperf.errors import ConfigError, ServerStartError
-from pytest_llmperf.measure.client import Target, prepare, send
+from pytest_llmperf.measure.client import RequestSpec, Target, prepare, send
 from pytest_llmperf.servers import ollama
 from pytest_llmperf.servers.base import LaunchRequest, free_port
 from pytest_llmperf.servers.models import ModelSpec
@@ -183,7 +183,7 @@ def test_attach_by_url_measures_with_the_native_api(det: DetServer, tmp_path: Pa
     assert caps.extra_body == {"options": {"temperature": 0, "num_ctx": 1064}}
     target = Target(server.base_url, server.model, caps, server.headers)
     prepared = prepare(
-        target, "one two three four", request_id="o1", scenario="s", input_tokens=4, max_tokens=7
+        target, "one two three four", RequestSpec(request_id="o1", scenario="s", input_tokens=4, max_tokens=7)
     )
     body = json.loads(prepared.payload.split(b"\r\n\r\n", 1)[1])
     assert body["options"] == {"num_predict": 7, "temperature": 0, "num_ctx": 1064}

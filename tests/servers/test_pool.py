@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.errors import ServerDiedError, ServerStartError
+from pytest_llmperf.errors import DoesNotFit, ServerDiedError, ServerStartError, TooBig
 from pytest_llmperf.records import Capabilities
 from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import ModelSpec
-from pytest_llmperf.servers.pool import DoesNotFit, PoolSetup, ServerPool, TooBig
+from pytest_llmperf.servers.pool import PoolSetup, ServerPool
 
 CAPS = Capabilities(api="completions", exact_output=True, usage_in_stream=True)
 SPEC = ModelSpec(name="m", context=32768, default_backend="llamacpp")

@@ -21,11 +21,14 @@ from typing import Any
 import psutil
 import pytest
 
+from pytest_llmperf.errors import ProcessGone
 from pytest_llmperf.telemetry import (
     GpuProbe,
     GpuReading,
     NvmlReader,
     Sampler,
+    SamplerConfig,
+    SamplerSources,
     energy_per_token,
     machine_info,
     probe_gpu,
@@ -34,7 +37,6 @@ from pytest_llmperf.telemetry import nvml as nvml_module
 from pytest_llmperf.telemetry.gpu import GpuDevice, GpuDriver, throttle_names
 from pytest_llmperf.telemetry.host import (
     HostReading,
-    ProcessGone,
     PsutilHostReader,
     PsutilTreeReader,
     TreeReading,
@@ -242,7 +244,8 @@ def test_gpu_summary_from_recorded_ticks_survives_an_energy_counter_reset() -> N
     host = ScriptedHost([None] + [HostReading((50.0,), 1, 2)] * 4)
     tree = ScriptedTree([None] + [TreeReading(frozenset({4242, 4243}), 100.0, 1)] * 4)
     sampler = Sampler(
-        server_pid=4242, gpu=NvmlReader(fake), host=host, tree_reader=lambda pid: tree, clock=clock
+        SamplerConfig(server_pid=4242),
+        SamplerSources(gpu=NvmlReader(fake), host=host, tree_reader=lambda pid: tree, clock=clock),
     )
     drive(sampler, clock, 4, fake)
     h100, t4 = sampler.summary()["gpu"]
@@ -283,7 +286,9 @@ def test_gpu_lost_mid_run_warns_once_and_keeps_earlier_samples(monkeypatch: pyte
     probe = GpuProbe(lambda: NvmlReader(fake))
     monkeypatch.setattr(nvml_module, "_DEFAULT_PROBE", probe)
     clock = Clock()
-    sampler = Sampler(host=ScriptedHost([None] + [HostReading((1.0,), 1, 2)] * 3), clock=clock)
+    sampler = Sampler(
+        sources=SamplerSources(host=ScriptedHost([None] + [HostReading((1.0,), 1, 2)] * 3), clock=clock)
+    )
     sampler.start(background=False)
     for tick in (1, 2, 3):
         fake.tick, fake.lost = tick, tick >= 2
@@ -311,7 +316,9 @@ def test_without_nvml_one_warning_for_the_session_and_no_gpu_fields(monkeypatch:
     )
     for _ in range(2):
         clock = Clock()
-        sampler = Sampler(host=ScriptedHost([None, HostReading((5.0,), 1, 2)]), clock=clock)
+        sampler = Sampler(
+            sources=SamplerSources(host=ScriptedHost([None, HostReading((5.0,), 1, 2)]), clock=clock)
+        )
         drive(sampler, clock, 1)
         assert "gpu" not in sampler.summary()
         assert sampler.warnings == []  # the probe's warning is the plugin's to show, once
@@ -387,17 +394,18 @@ def test_sampler_summary_is_exact_with_scripted_readers() -> None:
         ]
     )
     sampler = Sampler(
-        server_pid=7,
-        gpu=None,
-        host=host,
-        tree_reader=lambda pid: tree,
-        keep_series=True,
-        clock=clock,
-        thread_clock=Clock(0.0, 0.0005),  # read twice per sample: 0.5 ms of thread CPU each
-        client_reader=None,  # the client's share is test_load's subject
-        threads=lambda pid: 2,
-        throttle=lambda: None,
-        freq=lambda: None,
+        SamplerConfig(server_pid=7, keep_series=True),
+        SamplerSources(
+            gpu=None,
+            host=host,
+            tree_reader=lambda pid: tree,
+            clock=clock,
+            thread_clock=Clock(0.0, 0.0005),  # read twice per sample: 0.5 ms of thread CPU each
+            client_reader=None,  # the client's share is test_cpuload's subject
+            threads=lambda pid: 2,
+            throttle=lambda: None,
+            freq=lambda: None,
+        ),
     )
     drive(sampler, clock, 3)
     assert sampler.summary() == {
@@ -448,7 +456,10 @@ def test_server_exit_mid_run_keeps_what_was_measured() -> None:
     gone = ProcessGone("server process 7 exited during the run; server_process figures cover the time before")
     tree = ScriptedTree([None, TreeReading(frozenset({7}), 100.0, 10), gone])
     host = ScriptedHost([None, *[HostReading((1.0,), 1, 2)] * 3])
-    sampler = Sampler(server_pid=7, gpu=None, host=host, tree_reader=lambda pid: tree, clock=clock)
+    sampler = Sampler(
+        SamplerConfig(server_pid=7),
+        SamplerSources(gpu=None, host=host, tree_reader=lambda pid: tree, clock=clock),
+    )
     drive(sampler, clock, 3)
     assert sampler.summary()["server_process"]["cpu_mean_pct"] == 100.0
     assert sampler.summary()["samples"] == 3
@@ -456,11 +467,11 @@ def test_server_exit_mid_run_keeps_what_was_measured() -> None:
 
 
 def test_summary_before_stop_is_an_error() -> None:
-    sampler = Sampler(gpu=None, host=ScriptedHost([None]))
+    sampler = Sampler(sources=SamplerSources(gpu=None, host=ScriptedHost([None])))
     with pytest.raises(RuntimeError, match="after stop"):
         sampler.summary()
     with pytest.raises(ValueError, match="interval_s"):
-        Sampler(interval_s=0)
+        Sampler(SamplerConfig(interval_s=0))
 
 
 class CountingHost:
@@ -480,7 +491,7 @@ class CountingHost:
 
 def test_background_thread_samples_until_stopped() -> None:
     host = CountingHost(3)
-    with Sampler(interval_s=0.01, gpu=None, host=host) as sampler:
+    with Sampler(SamplerConfig(interval_s=0.01), SamplerSources(gpu=None, host=host)) as sampler:
         assert host.enough.wait(timeout=30)
     summary = sampler.summary()
     assert summary["samples"] >= 3
@@ -562,7 +573,7 @@ def test_tree_reader_sees_the_childs_cpu_rss_and_grandchild(burner: Burner) -> N
 
 
 def test_sampler_reports_a_real_server_process(burner: Burner) -> None:
-    with Sampler(interval_s=0.05, server_pid=burner.pid, gpu=None) as sampler:
+    with Sampler(SamplerConfig(interval_s=0.05, server_pid=burner.pid), SamplerSources(gpu=None)) as sampler:
         burner.wait_burned()
     summary = sampler.summary()
     proc = summary["server_process"]

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.telemetry import Sampler, cross_check_ttft, parse_prometheus
+from pytest_llmperf.telemetry import (
+    Sampler,
+    SamplerConfig,
+    SamplerSources,
+    cross_check_ttft,
+    parse_prometheus,
+)
 from pytest_llmperf.telemetry.host import HostReading
 from pytest_llmperf.telemetry.promtext import Histogram, Sample
 from pytest_llmperf.telemetry.servermetrics import MetricsWatcher, OllamaWatcher, digest, gauges
@@ -277,12 +283,8 @@ def test_sampler_carries_server_metrics_and_dedupes_warnings() -> None:
     )
     now = [10.0]
     sampler = Sampler(
-        metrics_url="http://127.0.0.1:1/metrics",
-        gpu=None,
-        host=iter_host(3),
-        fetch=lambda url: next(pages),
-        clock=lambda: now[0],
-        keep_series=True,
+        SamplerConfig(metrics_url="http://127.0.0.1:1/metrics", keep_series=True),
+        SamplerSources(gpu=None, host=iter_host(3), fetch=lambda url: next(pages), clock=lambda: now[0]),
     )
     sampler.start(background=False)
     for _ in range(3):
@@ -297,7 +299,10 @@ def test_sampler_carries_server_metrics_and_dedupes_warnings() -> None:
     )
     assert [p.get("metrics") for p in sampler.series()] == [None, {"requests_processing_max": 2.0}, None]
 
-    unreachable = Sampler(metrics_url="http://127.0.0.1:1/metrics", gpu=None, host=iter_host(0), fetch=refuse)
+    unreachable = Sampler(
+        SamplerConfig(metrics_url="http://127.0.0.1:1/metrics"),
+        SamplerSources(gpu=None, host=iter_host(0), fetch=refuse),
+    )
     unreachable.start(background=False)
     unreachable.stop()
     assert "server_metrics" not in unreachable.summary()

@@ -36,7 +36,7 @@ def batched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DetServer]:
 
 def measure(server: DetServer, concurrency: int, requests: int) -> RunResult:
     scenario = Scenario(8, OUT, concurrency=concurrency, requests=requests, warmup=0)
-    return runner.measure(server.target(), scenario, model="m", backend="openai")
+    return runner.measure(runner.Subject(server.target(), model="m", backend="openai"), scenario)
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 4])

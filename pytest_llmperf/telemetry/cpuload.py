@@ -1,4 +1,4 @@
-"""Who used the CPU during a case: the server, the client, or someone else ("machine busy" evidence).
+"""CPU load: who used the CPU during a case (server, client, or someone else): "machine busy" evidence.
 
 A server that shares its cores with another job measures the other job,
 not itself: on a 2-core machine llama-server's TPOT went from ~22 ms to
@@ -30,7 +30,7 @@ from typing import Protocol
 import psutil
 
 from pytest_llmperf.telemetry.running import RunningStat, rounded
-from pytest_llmperf.telemetry.shapes import LoadSummary, set_key
+from pytest_llmperf.telemetry.shapes import CpuLoadSummary, set_key
 
 THREAD_FLAGS = ("-t", "--threads", "-tb", "--threads-batch")
 """llama.cpp's thread options; the largest value is what the server asked for."""
@@ -143,7 +143,7 @@ def freq_ratio() -> float | None:
     return sum(ratios) / len(ratios) if ratios else None
 
 
-class LoadAggregate:
+class CpuLoadAggregate:
     """Running means of the CPU split, fed once per sample by the sampler."""
 
     def __init__(
@@ -196,10 +196,10 @@ class LoadAggregate:
     def finish(self) -> None:
         self._throttle_end = self._throttle()
 
-    def summary(self) -> LoadSummary | None:
+    def summary(self) -> CpuLoadSummary | None:
         if not self.busy.count:
             return None
-        out: LoadSummary = {
+        out: CpuLoadSummary = {
             "cores": self.cores,
             "samples": self.busy.count,
             "busy_cores_mean": _mean(self.busy),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_llmperf.telemetry import Sampler
+from pytest_llmperf.telemetry import Sampler, SamplerConfig, SamplerSources
+from pytest_llmperf.telemetry.cpuload import PsutilClientReader, requested_threads, throttle_count
 from pytest_llmperf.telemetry.host import HostReading, TreeReading, core_steal_percentages
-from pytest_llmperf.telemetry.load import PsutilClientReader, requested_threads, throttle_count
 
 
 class Clock:
@@ -76,11 +76,11 @@ def test_the_split_of_the_hosts_cpu_is_exact_with_scripted_readers() -> None:
         TreeReading(frozenset({7}), 100.0, 1),
     ])  # fmt: skip
     client = Scripted([None, 0.1, 0.2, 0.3])
-    sampler = Sampler(
-        server_pid=7, gpu=None, host=host, tree_reader=lambda pid: tree,  # type: ignore[arg-type,return-value]
+    sampler = Sampler(SamplerConfig(server_pid=7), SamplerSources(
+        gpu=None, host=host, tree_reader=lambda pid: tree,  # type: ignore[arg-type,return-value]
         clock=clock, client_reader=lambda: client,  # type: ignore[arg-type,return-value]
         threads=lambda pid: 2, throttle=lambda: 4, freq=lambda: 0.9,
-    )  # fmt: skip
+    ))  # fmt: skip
     sampler.start(background=False)
     for _ in range(3):
         clock.now += 0.1
@@ -135,7 +135,9 @@ def test_a_real_hog_beside_an_idle_server_shows_as_other_processes() -> None:
     assert hog.stdout is not None
     assert server.stdin is not None
     try:
-        with Sampler(interval_s=0.05, server_pid=server.pid, gpu=None) as sampler:
+        with Sampler(
+            SamplerConfig(interval_s=0.05, server_pid=server.pid), SamplerSources(gpu=None)
+        ) as sampler:
             hog.stdin.write("go\n")
             hog.stdin.flush()
             assert hog.stdout.readline().strip() == "burned"
