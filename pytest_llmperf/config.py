@@ -241,6 +241,39 @@ OPTIONS: tuple[Option, ...] = (
         "auto",
         choices=PINNING_MODES,
     ),
+    # -- issue 19: baseline and candidate in one session, interleaved --------------------------
+    Option(
+        "--llm-candidate-base-url",
+        "A/B: measure each case on the server at URL too (the candidate), interleaved in blocks with "
+        "the baseline, and fail when it is slower (e.g. a canary beside production)",
+        "URL",
+    ),
+    Option(
+        "--llm-candidate-model",
+        "A/B: start NAME as the candidate (e.g. another quantization) and compare it with --llm-model",
+        "NAME",
+    ),
+    Option(
+        "--llm-candidate-server-option",
+        "A/B: start the candidate with this server option instead of the baseline's (KEY=VALUE, as "
+        "--llm-server-option); repeatable",
+        "KEY=VALUE",
+        None,
+        "append",
+        "linelist",
+    ),
+    Option(
+        "--llm-ab-blocks",
+        "A/B: blocks per case; each measures baseline and candidate back to back (default: 8)",
+        "N",
+        "8",
+    ),
+    Option(
+        "--llm-ab-tolerance",
+        "A/B: the smallest change, in percent, that fails when it is also beyond the noise (default: 2%%)",
+        "PCT",
+        "2%",
+    ),
     Option(
         "--llm-gpus-per-worker",
         "under pytest-xdist, G GPUs of its own for each worker's servers (CUDA_VISIBLE_DEVICES): "
@@ -248,6 +281,21 @@ OPTIONS: tuple[Option, ...] = (
         "G",
     ),
 )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """The candidate side of an A/B session: an endpoint, another model, or other server options."""
+
+    base_url: str | None = None
+    model: str | None = None
+    server_options: Mapping[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"at {self.base_url}"] if self.base_url else []
+        parts += [f"model {self.model}"] if self.model else []
+        parts += [f"{k}={v}" for k, v in self.server_options.items()]
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -293,6 +341,12 @@ class Settings:
     """``--llm-cpu-pinning``: split the cores between a server we start on this host and the client."""
     gpus_per_worker: int | None = None
     """``--llm-gpus-per-worker``: GPUs each pytest-xdist worker's servers get."""
+    candidate: Candidate | None = None
+    """The other side of an A/B session (``--llm-candidate-base-url`` and the others), or ``None``."""
+    ab_blocks: int = 8
+    """``--llm-ab-blocks``: blocks per A/B case."""
+    ab_tolerance: float = 0.02
+    """``--llm-ab-tolerance``: the smallest A/B change that fails (a fraction)."""
 
     @property
     def api_key(self) -> str | None:
@@ -523,7 +577,43 @@ def resolve(cli: Getter, ini: IniGetter, pyproject: Mapping[str, Any]) -> Settin
         gpus_per_worker=int(_number(gpus, "--llm-gpus-per-worker", minimum=1, integer=True))
         if gpus is not None
         else None,
+        candidate=_candidate(get),
+        ab_blocks=int(_number(get("llm_ab_blocks"), "--llm-ab-blocks", minimum=4, integer=True)),
+        ab_tolerance=_percent(get("llm_ab_tolerance"), "--llm-ab-tolerance"),
     )
+
+
+def _candidate(get: Callable[[str], Any]) -> Candidate | None:
+    """The A/B candidate the options name, or ``None``; its URL carries no credentials."""
+    url = get("llm_candidate_base_url")
+    model = get("llm_candidate_model")
+    options = _pairs(_list(get("llm_candidate_server_option")), "--llm-candidate-server-option", "threads=1")
+    if not (url or model or options):
+        return None
+    if url and urlsplit(str(url)).password is not None:
+        raise ConfigError(
+            "--llm-candidate-base-url must not carry a password (results would show it): "
+            "use --llm-api-key-env for both sides"
+        )
+    if url and options:
+        raise ConfigError(
+            "--llm-candidate-server-option starts a candidate server, but --llm-candidate-base-url attaches "
+            "to one: give one of them"
+        )
+    return Candidate(str(url).rstrip("/") if url else None, str(model) if model else None, options)
+
+
+def _percent(raw: object, flag: str) -> float:
+    """``2%`` or ``0.02``: a fraction in [0, 1)."""
+    text = str(raw).strip()
+    number = text.removesuffix("%")
+    try:
+        value = float(number) / (100 if text.endswith("%") else 1)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1:
+        raise ConfigError(f"{flag} takes a percentage such as 2% (or a fraction such as 0.02), not {raw!r}")
+    return value
 
 
 def _workers(raw: object) -> int | None:

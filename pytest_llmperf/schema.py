@@ -119,6 +119,8 @@ class LlmInfo(TypedDict, total=False):
     sweep: dict[str, Any]
     capacity: dict[str, Any]
     duration: dict[str, Any]
+    ab: dict[str, Any]
+    """A/B sessions: both sides, every block and the paired verdict (``judge.paired.ab_info``)."""
 
 
 class RepeatSpread(TypedDict):
@@ -297,7 +299,7 @@ def llm_info(
         goodput_rps=s.goodput_rps,
         goodput_tok_per_s=s.goodput_tok_per_s,
     )
-    for key in ("traffic", "sweep", "capacity", "duration"):
+    for key in ("traffic", "sweep", "capacity", "duration", "ab"):
         section = result.extra.get(key)
         if isinstance(section, dict):
             info[key] = section

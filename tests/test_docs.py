@@ -25,6 +25,7 @@ ROOT = Path(pytest_llmperf.__file__).parent.parent
 README = ROOT / "README.md"
 CI_RUN = ROOT / ".ci" / "run"
 WORKFLOW = ROOT / "examples" / "ci" / "github-actions.yml"
+AB_WORKFLOW = ROOT / "examples" / "ci" / "ab-github-actions.yml"
 # ``--llm-*`` (a wildcard in prose) is not an option name: a name starts with a letter.
 OPTION_WORD = re.compile(r"--llm-[a-z][a-z0-9-]*")
 
@@ -107,9 +108,21 @@ def check_workflow(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_ci_example_is_a_valid_github_workflow() -> None:
-    done = check_workflow(WORKFLOW)
+@pytest.mark.parametrize("workflow", [WORKFLOW, AB_WORKFLOW], ids=lambda p: p.name)
+def test_the_ci_examples_are_valid_github_workflows(workflow: Path) -> None:
+    done = check_workflow(workflow)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_ab_example_measures_the_base_branch_against_the_pull_request() -> None:
+    from ruamel.yaml import YAML
+
+    workflow = YAML(typ="safe").load(AB_WORKFLOW.read_text("utf-8"))
+    steps = {step["name"]: step for step in workflow["jobs"]["ab"]["steps"] if "name" in step}
+    measure = steps["Measure the base branch's configuration (baseline) against this one (candidate)"]
+    assert 'git show "origin/$BASE_REF:$OPTIONS_FILE"' in measure["run"]
+    assert "--llm-candidate-server-option=$option" in measure["run"]
+    assert "${{" not in measure["run"]  # untrusted refs reach the shell through env only
 
 
 def test_the_workflow_check_fails_a_broken_workflow(tmp_path: Path) -> None:

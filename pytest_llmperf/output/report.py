@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_llmperf.output import curves
+from pytest_llmperf.output import abreport, curves
 from pytest_llmperf.records import PYTEST_WORDS, Outcome, RunResult
 
 MARKDOWN_NAME = "llmperf-summary.md"
@@ -68,11 +68,12 @@ class ReportRow:
     slo_attainment: float | None = None
     sweep: Mapping[str, Any] | None = None
     capacity: Mapping[str, Any] | None = None
+    ab: Mapping[str, Any] | None = None
 
     @classmethod
     def from_result(cls, nodeid: str, result: RunResult, outcome: Outcome | None = None) -> ReportRow:
         s, sc = result.summary, result.scenario
-        sweep, capacity = result.extra.get("sweep"), result.extra.get("capacity")
+        sweep, capacity, ab = result.extra.get("sweep"), result.extra.get("capacity"), result.extra.get("ab")
         return cls(
             nodeid=nodeid,
             model=result.model,
@@ -97,6 +98,7 @@ class ReportRow:
             slo_attainment=s.slo_attainment,
             sweep=sweep if isinstance(sweep, Mapping) else None,
             capacity=capacity if isinstance(capacity, Mapping) else None,
+            ab=ab if isinstance(ab, Mapping) else None,
         )
 
     @classmethod
@@ -109,7 +111,7 @@ class ReportRow:
 
         rate, c = llm.get("rate"), int(llm.get("concurrency") or 0)
         load = f"c{c}" if rate is None else f"r{rate:g}c{c}"
-        sweep, capacity = llm.get("sweep"), llm.get("capacity")
+        sweep, capacity, ab = llm.get("sweep"), llm.get("capacity"), llm.get("ab")
         return cls(
             nodeid=nodeid, model=str(llm.get("model", "")), backend=str(llm.get("backend", "")),
             scenario=f"in{llm.get('input_tokens')}-out{llm.get('output_tokens')}-{load}",
@@ -124,6 +126,7 @@ class ReportRow:
             slo_attainment=llm.get("slo_attainment"),
             sweep=sweep if isinstance(sweep, Mapping) else None,
             capacity=capacity if isinstance(capacity, Mapping) else None,
+            ab=ab if isinstance(ab, Mapping) else None,
         )  # fmt: skip
 
     @property
@@ -249,6 +252,7 @@ def render_markdown(rows: Sequence[ReportRow]) -> str:
         out.append("")
     out += curves.machine_tables(rows)
     out += curves.sweep_tables(rows)
+    out += abreport.ab_tables(rows)
     failing = [r for r in rows if r.outcome not in ("", "pass")]
     if failing:
         out += ["### Failures", ""]
@@ -411,5 +415,6 @@ def write_plots(directory: Path, items: Sequence[RunResult | ReportRow]) -> list
     rows = [i if isinstance(i, ReportRow) else ReportRow.from_result("", i) for i in items]
     directory.mkdir(parents=True, exist_ok=True)
     drawn = curves.write_curves(directory, [r for r in rows if r.nodeid])
+    drawn += abreport.write_ab_plots(directory, [r for r in rows if r.nodeid])
     rows = [r for r in rows if r.rate is None]  # open-loop cases have no fixed concurrency to plot against
     return [directory / c.file for c in CHARTS if _draw(directory / c.file, c, rows)] + drawn

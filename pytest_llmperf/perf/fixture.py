@@ -19,9 +19,9 @@ from pytest_llmperf.judge import capacity as capacity_search
 from pytest_llmperf.measure import stats
 from pytest_llmperf.measure.load import Load
 from pytest_llmperf.measure.traffic import Lengths, TrafficArgs
-from pytest_llmperf.perf import capacity, sweep
+from pytest_llmperf.perf import ab, capacity, sweep
 from pytest_llmperf.perf.capacity import CapacityResult, CapacitySearch
-from pytest_llmperf.perf.measurer import Measurer, Point, Wiring
+from pytest_llmperf.perf.measurer import AbSetup, Measurer, Point, Wiring
 from pytest_llmperf.perf.sweep import Sweep
 from pytest_llmperf.records import Arrival, RunResult
 from pytest_llmperf.servers.base import Server
@@ -75,6 +75,8 @@ class LlmPerf:
                               prefix_cache)  # fmt: skip
         m = self.measurer
         ask = m.ask("llm_perf.run", load, traffic)
+        if m.wiring.ab is not None:
+            return ab.run_ab(m, self._candidate(m.wiring.ab), ask)
         scenario = ask.asked()
         m.size(scenario, ask.traffic, ask.where)
         measured = m.measure(Point(scenario, ask.traffic))
@@ -110,6 +112,7 @@ class LlmPerf:
         """
         self._once("sweep")
         where = "llm_perf.sweep"
+        self._baseline_only(where)
         loads = sweep.loads_of(where, concurrency, rate, max_concurrency)
         load = Load(requests=requests, warmup=warmup, arrival=arrival, seed=seed, timeout_s=timeout_s,
                     adaptive=False, duration_s=duration_s)  # fmt: skip
@@ -144,6 +147,7 @@ class LlmPerf:
         meets the test's budget and ``budget``, found by a search over real measurements."""
         self._once("capacity")
         where = "llm_perf.capacity"
+        self._baseline_only(where)
         load = Load(requests=requests, warmup=warmup, arrival=arrival, seed=seed, timeout_s=timeout_s,
                     adaptive=False)  # fmt: skip
         traffic = TrafficArgs(input_tokens, output_tokens, dataset, shared_prefix, prefix_groups, turns,
@@ -151,6 +155,16 @@ class LlmPerf:
         asked = CapacitySearch(search, low, high, max_probes, slo_attainment, rate_step)
         ask = self.measurer.ask(where, load, traffic)
         return capacity.run_capacity(self.measurer, ask, asked, budget)
+
+    def _baseline_only(self, where: str) -> None:
+        if self.measurer.wiring.ab is not None:
+            self.measurer.wiring.warn(
+                f"A/B: {where} measures the baseline only; the candidate is compared in llm_perf.run cases"
+            )
+
+    def _candidate(self, setup: AbSetup) -> Measurer:
+        """The A/B candidate's measurer: its server is started here the first time a test needs it."""
+        return Measurer(self.nodeid, setup.candidate())
 
     def _once(self, kind: str) -> None:
         if self._used is not None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_llmperf.config import Settings
 from pytest_llmperf.errors import ConfigError, ServerDiedError, TooBig
+from pytest_llmperf.judge import paired
 from pytest_llmperf.judge.budgets import Budgets
 from pytest_llmperf.measure import client, stats
 from pytest_llmperf.measure.client import Target
@@ -74,6 +75,19 @@ class Wiring:
     spec: ModelSpec | None = None
     client: Callable[[], ClientSettings] | None = None
     """Workers, connections and cores of the client (the session's placement)."""
+    ab: AbSetup | None = None
+    """The candidate of an A/B session, and how its cases are judged; ``None`` without one."""
+
+
+@dataclass(frozen=True)
+class AbSetup:
+    """An A/B session's other side (started when a test first asks) and its block plan."""
+
+    candidate: Callable[[], Wiring]
+    blocks: int = 8
+    tolerance: float = paired.DEFAULT_TOLERANCE
+    comparisons: int = len(paired.PAIRED_METRICS)
+    """The session's paired comparisons (cases x metrics), for Bonferroni (``judge.paired``)."""
 
 
 @dataclass(frozen=True)
@@ -214,19 +228,20 @@ class Measurer:
                 sampler.start()
             live.start()
 
+        client_settings = w.client() if w.client is not None else None
         try:
             if built is None:
                 result = runner.measure(
                     runner.Subject(self.target(), w.model, self.backend), scenario,
                     on_record=on_record, on_measured=on_measured, prompt_salt=prompt_salt,
-                    client_settings=w.client() if w.client is not None else None,
+                    client_settings=client_settings,
                 )  # fmt: skip
             else:
-                # Conversations and shared prefixes build each prompt from the last answer or the
-                # pool: they run in this process, never in client workers.
+                # Built ahead like plain traffic (conversations aside: their later turns carry the
+                # last answer), so through the same client: workers, connections, cores.
                 result = realistic.measure(
                     runner.Subject(self.target(), w.model, self.backend), scenario, built,
-                    on_record=on_record, on_measured=on_measured,
+                    on_record=on_record, on_measured=on_measured, client_settings=client_settings,
                 )  # fmt: skip
         finally:
             live.stop()
@@ -297,10 +312,13 @@ class Measurer:
             dataclasses.replace(result, extra={**result.extra, "telemetry": telemetry_summary}), series, died
         )
 
-    def record(self, measured: Measurement) -> Outcome:
-        """Judge, record (always, before anything can fail), write the series; then raise a death."""
+    def record(self, measured: Measurement, paired_verdict: paired.PairedVerdict | None = None) -> Outcome:
+        """Judge (with the A/B verdict, if any), record (always, before anything can fail), write the
+        series; then raise a death."""
         result = measured.result
         outcome = nothing_completed(self.wiring.judge(result), result)
+        if paired_verdict is not None:
+            outcome = paired.fold(outcome, paired_verdict)
         self.results.append(result)
         self.wiring.record(
             CaseResult(

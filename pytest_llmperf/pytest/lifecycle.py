@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import signal
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +38,8 @@ from pytest_llmperf.servers.base import LaunchRequest, Server
 from pytest_llmperf.servers.models import DEFAULT_MODEL, ModelSpec
 from pytest_llmperf.servers.pool import PoolSetup, ServerPool
 
+CANDIDATE = "@candidate"
+"""The pool key of a model's A/B candidate is the model's name with this suffix."""
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_CONTEXT = 2048
 ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai": "openai-compatible"}
@@ -43,6 +47,16 @@ ENGINES = {"llamacpp": "llama.cpp", "vllm": "vllm", "ollama": "ollama", "openai"
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+@dataclass(frozen=True)
+class Side:
+    """How an A/B candidate's server differs from its baseline's: what it serves, where, with what."""
+
+    baseline: str
+    served: str
+    base_url: str | None
+    options: Mapping[str, str]
 
 
 class ServerLifecycle:
@@ -54,6 +68,7 @@ class ServerLifecycle:
         self.registry = model_registry.registry_with_overrides(settings.pyproject.get("models", {}))
         self.model_names: tuple[str, ...] = settings.models or (DEFAULT_MODEL,)
         self.specs: dict[str, ModelSpec] = {name: self._lookup(name) for name in self.model_names}
+        self.sides: dict[str, Side] = self._candidates()
         self.pool = ServerPool(
             PoolSetup(
                 specs=self.specs,
@@ -91,11 +106,41 @@ class ServerLifecycle:
             # An endpoint serves whatever names it likes: an unknown one is its served name.
             return ModelSpec(name=name, default_backend="openai")
 
+    def _candidates(self) -> dict[str, Side]:
+        """Each model's A/B candidate as a pool entry of its own (``MODEL@candidate``), when one is asked."""
+        cand = self.settings.candidate
+        if cand is None:
+            return {}
+        sides: dict[str, Side] = {}
+        for name in self.model_names:
+            served = self._lookup(cand.model) if cand.model else self.specs[name]
+            key = name + CANDIDATE
+            self.specs[key] = dataclasses.replace(served, name=key)
+            options = {} if cand.base_url else {**self.settings.server_options, **cand.server_options}
+            sides[key] = Side(name, served.name, cand.base_url, options)
+        return sides
+
+    def candidate_key(self, model: str) -> str | None:
+        """The pool key of ``model``'s A/B candidate; ``None`` in a session without one."""
+        key = model + CANDIDATE
+        return key if key in self.sides else None
+
+    def candidate(self, model: str) -> Server:
+        """``model``'s candidate server, started the first time a test asks for it."""
+        key = model + CANDIDATE
+        live = self.pool.servers.get(key)
+        return live if live is not None else self.start(key)
+
     def backend_for(self, model: str) -> str:
         return self.settings.backend or self.specs[model].default_backend
 
     def base_url_for(self, model: str) -> str | None:
-        """The endpoint a model is served at: ``--llm-base-url``, else its own ``base_url`` in pyproject."""
+        """The endpoint a model is served at: ``--llm-base-url``, else its own ``base_url`` in pyproject.
+
+        A candidate is served where ``--llm-candidate-base-url`` says, or started (``None``).
+        """
+        if model in self.sides:
+            return self.sides[model].base_url
         return self.settings.base_url or self.specs[model].base_url
 
     def attached(self, model: str) -> bool:
@@ -124,12 +169,21 @@ class ServerLifecycle:
 
     def _launch_request(self, spec: ModelSpec, slots: int, context_tokens: int) -> LaunchRequest:
         s = self.settings
+        side = self.sides.get(spec.name)
+        # A candidate serves its own model under its own name, on its baseline's cores: the two
+        # take turns, so they share the machine the way the deployment would have it.
+        placed = side.baseline if side is not None else spec.name
         return LaunchRequest(
-            model=spec, max_concurrency=slots, max_context=context_tokens, log_dir=self.log_dir,
+            model=dataclasses.replace(spec, name=side.served) if side is not None else spec,
+            max_concurrency=slots, max_context=context_tokens, log_dir=self.log_dir,
             start_timeout_s=s.start_timeout_s, base_url=self.base_url_for(spec.name), api_key=s.api_key,
             auth_headers=s.auth_headers, executable=s.server_executable, extra_args=s.server_args,
-            options=s.server_options, cpu_cores=self.placement.plan(spec.name).server_cores,
+            options=self._options(spec.name), cpu_cores=self.placement.plan(placed).server_cores,
         )  # fmt: skip
+
+    def _options(self, model: str) -> Mapping[str, str]:
+        side = self.sides.get(model)
+        return side.options if side is not None else self.settings.server_options
 
     def _launch(self, backend_name: str, request: LaunchRequest) -> Server:
         from pytest_llmperf.servers.backends import get_backend
@@ -139,7 +193,7 @@ class ServerLifecycle:
     def _fits(self, spec: ModelSpec, backend: str, slots: int, context_tokens: int) -> str | None:
         from pytest_llmperf.servers import fit
 
-        verdict = fit.check(spec, backend, self.settings.server_options, context_tokens, slots)
+        verdict = fit.check(spec, backend, self._options(spec.name), context_tokens, slots)
         return None if verdict.fits else verdict.reason
 
     def start(self, model: str) -> Server:

@@ -13,15 +13,18 @@ This module wires and records; it must not measure or judge a measurement.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 import pytest
 
 from pytest_llmperf import schema
 from pytest_llmperf.errors import LlmPerfError
+from pytest_llmperf.judge import paired
 from pytest_llmperf.output import benchjson
 from pytest_llmperf.output.report import junit_properties
 from pytest_llmperf.perf import LlmPerf, Wiring
+from pytest_llmperf.perf.measurer import AbSetup
 from pytest_llmperf.pytest import xdistmerge
 from pytest_llmperf.pytest.benchsession import benchmark_session
 from pytest_llmperf.pytest.gate import Gate
@@ -84,7 +87,30 @@ class Recording:
             spec=servers.specs[model],
             client=lambda: servers.placement.client_settings(model),
         )
+        key = servers.candidate_key(model)
+        if key is not None:
+            wiring = dataclasses.replace(wiring, ab=self._ab_setup(wiring, model, key))
         return LlmPerf(item.nodeid, wiring)
+
+    def _ab_setup(self, baseline: Wiring, model: str, key: str) -> AbSetup:
+        """The candidate side of an A/B test: its server (started on first use), checked as the baseline's."""
+        servers, settings = self.servers, self.settings
+
+        def candidate() -> Wiring:
+            server = servers.candidate(model)
+            return dataclasses.replace(
+                baseline,
+                model=server.model,
+                backend=servers.backend_for(key),
+                server=server,
+                check_server=lambda: servers.check(key, server),
+                ensure=lambda concurrency, context: servers.pool.ensure(key, concurrency, context),
+                spec=servers.specs[key],
+                ab=None,
+            )
+
+        comparisons = self.gate.cases_in_session * len(paired.PAIRED_METRICS)
+        return AbSetup(candidate, settings.ab_blocks, settings.ab_tolerance, comparisons)
 
     def record(self, item: pytest.Item, benchmark: Any, case: CaseResult) -> None:
         """Keep a finished case and write it where pytest's reports will read it."""
