@@ -58,6 +58,7 @@ class LiveProgress:
         self._tokens = 0
         self._tokens_at_last = 0
         self._handle: asyncio.TimerHandle | None = None
+        self._by_records = False
 
     def on_record(self, record: RequestRecord) -> None:
         if record.warmup:
@@ -65,13 +66,26 @@ class LiveProgress:
         self._done += 1
         if record.ok:
             self._tokens += record.output_tokens or 0
+        if self._by_records and self._clock() - self._last >= self._interval_s:
+            self.emit_line()
 
     def start(self) -> None:
-        """Begin the measured phase: call from inside the measurement's running loop."""
+        """Begin the measured phase.
+
+        Inside the measurement's running loop a timer emits a line every interval, even while no
+        request ends. Without one (client worker processes: the parent waits on their pipes, not
+        on a loop) the records drive it: a record that arrives an interval after the last line
+        emits the next.
+        """
         if self._emit is None:
             return
         self._started = self._last = self._clock()
-        self._arm(asyncio.get_running_loop())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._by_records = True
+            return
+        self._arm(loop)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._handle = loop.call_later(self._interval_s, self._tick, loop)
@@ -114,6 +128,7 @@ class LiveProgress:
         self._emit(text)
 
     def stop(self) -> None:
+        self._by_records = False
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None

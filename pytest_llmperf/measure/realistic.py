@@ -188,13 +188,14 @@ def body(target: Target, messages: Sequence[Message], max_tokens: int) -> dict[s
 
 
 def _prepare(
-    target: Target, scenario: Scenario, p: Planned, request_id: str, warmup: bool
+    target: Target, scenario: Scenario, p: Planned, request_id: str, warmup: bool, keep_alive: bool = True
 ) -> client.Prepared:
     return client.prepare(
         target,
         p.text,
         client.RequestSpec(request_id, scenario.name, p.input_tokens or 0, p.output_tokens, warmup),
         body=body(target, p.messages, p.output_tokens) if p.messages else None,
+        keep_alive=keep_alive,
     )
 
 
@@ -227,17 +228,25 @@ def measure(
     *,
     on_record: Callable[[RequestRecord], None] | None = None,
     on_measured: Callable[[], None] | None = None,
+    client_settings: runner.ClientSettings | None = None,
 ) -> RunResult:
-    """Run planned traffic and return every record and the summary (as ``runner.measure``)."""
+    """Run planned traffic and return every record and the summary (as ``runner.measure``).
+
+    Requests built ahead (lengths, datasets, shared prefixes) run through the same client as
+    ``runner.measure``: its workers, connections and cores. A conversation's later turns carry the
+    previous answer, so conversations run on one loop in this process.
+    """
+    settings = client_settings or runner.ClientSettings()
     target = with_cache(subject.target, built.cache)
     client.raise_open_file_limit(scenario.concurrency + client.FILES_BESIDES_SOCKETS)
     tag = secrets.token_hex(4)
     if scenario.turns == 1:
         prepared = [
-            _prepare(target, scenario, p, f"{scenario.name}-{tag}-{i:05d}", i < scenario.warmup)
+            _prepare(target, scenario, p, f"{scenario.name}-{tag}-{i:05d}", i < scenario.warmup,
+                     settings.keep_alive)
             for i, p in enumerate(built.requests)
-        ]
-        load = runner.run_prepared(prepared, scenario, on_record, on_measured)
+        ]  # fmt: skip
+        load = runner.run_prepared(prepared, scenario, on_record, on_measured, settings)
     else:
         send = _conversation_send(target, scenario, built.requests, tag)
         load = runner.run_measuring(loadgen.run_load(send, scenario, on_record, on_measured))
@@ -258,6 +267,7 @@ def measure(
         "prompt_tokens_checked": built.checked,
         "lag_limit_ms": runner.LAG_LIMIT_MS,
         "traffic": dict(built.info),
+        **runner.client_extra(load),
     }
     return RunResult(
         model=subject.model,

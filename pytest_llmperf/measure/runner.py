@@ -279,6 +279,14 @@ def _pinned(cores: tuple[int, ...] | None) -> Iterator[None]:
             os.sched_setaffinity(0, before)
 
 
+def client_extra(load: loadgen.LoadResult) -> dict[str, object]:
+    """``extra["client"]``: how the client ran the load (workers, connections, cores, CPU per token)."""
+    if load.client is None:
+        return {}
+    tokens = sum(r.output_tokens or 0 for r in load.records if not r.warmup and r.ok)
+    return {"client": load.client.as_json(tokens)}
+
+
 @dataclass(frozen=True)
 class Subject:
     """The server under test: where its requests go, and the model and backend its result is filed under."""
@@ -313,10 +321,8 @@ def measure(
         "stopped_early": load.stopped_early,
         "prompt_tokens_checked": checked,
         "lag_limit_ms": LAG_LIMIT_MS,
+        **client_extra(load),
     }
-    if load.client is not None:
-        tokens = sum(r.output_tokens or 0 for r in load.records if not r.warmup and r.ok)
-        extra["client"] = load.client.as_json(tokens)
     return RunResult(
         model=subject.model,
         backend=subject.backend,

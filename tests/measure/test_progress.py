@@ -73,3 +73,23 @@ def test_no_emit_means_no_timer() -> None:
         assert live._handle is None
 
     asyncio.run(measured_phase())
+
+
+def test_without_a_running_loop_records_drive_the_lines() -> None:
+    # The parent of client worker processes waits on their pipes, not on an event loop.
+    now = [100.0]
+    lines: list[str] = []
+    live = LiveProgress(lines.append, "t", Scenario(8, 10, concurrency=2, requests=6), 5.0, lambda: now[0])
+    live.start()  # no running loop here: no timer, no error
+    live.on_record(done(0))
+    assert lines == []  # not an interval yet
+    now[0] += 5
+    live.on_record(done(1))
+    assert lines == ["t: 2 of 6 requests done, 2 in flight, 4 output tok/s over the last 5 s, 5 s in"]
+    now[0] += 1
+    live.on_record(done(2))
+    assert len(lines) == 1  # the next line waits for the next interval
+    live.stop()
+    now[0] += 60
+    live.on_record(done(3))
+    assert len(lines) == 1  # stopped: a late record emits nothing
