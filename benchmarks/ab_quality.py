@@ -91,6 +91,9 @@ class Session:
                 out.append(metric["ratio"])
         return out
 
+    def noise_bounds(self) -> list[float]:
+        return [b for e in self.entries.values() if (b := (e.get("ab") or {}).get("noise_bound")) is not None]
+
     def detectable(self) -> list[float]:
         return [e["ab"]["detectable_change"] for e in self.entries.values() if (e.get("ab") or {}).get(
             "detectable_change") is not None]  # fmt: skip
@@ -188,11 +191,11 @@ def pytest_session(kind: str, args: list[str], work: Path, levers: Levers | None
 
 def line(session: Session, index: int) -> str:
     ratios = ", ".join(f"{r:.3f}" for r in session.tpot_ratios())
-    detect = ", ".join(f"{d:.1%}" for d in session.detectable())
+    detect = ", ".join(f"{d:.1%}" for d in session.noise_bounds())
     outcomes = " ".join(f"{k.split('[')[-1].rstrip(']')}={v}" for k, v in sorted(session.outcomes().items()))
     return (
         f"  {index:>2} {session.kind:<4} {session.minutes:4.1f} min  exit {session.exit_code}  {outcomes}"
-        f"  tpot B/A [{ratios}]  resolves [{detect}]"
+        f"  tpot B/A [{ratios}]  noise bound [{detect}]"
     )
 
 
@@ -205,11 +208,13 @@ def report(name: str, sessions: list[Session]) -> None:
     for kind, group in (("A/A", aa), ("A/B", ab)):
         ratios = [r for s in group for r in s.tpot_ratios()]
         detect = [d for s in group for d in s.detectable()]
+        noise = [d for s in group for d in s.noise_bounds()]
         if ratios:
             print(
                 f"  {kind} TPOT ratio candidate/baseline: median {median(ratios):.3f} "
-                f"(min {min(ratios):.3f}, max {max(ratios):.3f}); smallest detectable change: median "
-                f"{median(detect):.1%}, max {max(detect):.1%}"
+                f"(min {min(ratios):.3f}, max {max(ratios):.3f}); fails from (max of tolerance and "
+                f"noise): median {median(detect):.1%}, max {max(detect):.1%}; noise bound alone: median "
+                f"{median(noise):.1%}, max {max(noise):.1%}"
             )
     print(f"  minutes per session: median {median(s.minutes for s in sessions):.2f}")
 

@@ -260,22 +260,8 @@ def measure(
         reasons.insert(
             0,
             f"invalid measurement: {summary.output_length_misses} of {len(done)} requests returned another "
-            "output length than each asked; the server did not honour the output length",
+            "output length than each asked; the server did not honour the output length: "
+            + runner.output_length_fix(target.capabilities),
         )
-    extra: dict[str, object] = {
-        "stopped_early": load.stopped_early,
-        "prompt_tokens_checked": built.checked,
-        "lag_limit_ms": runner.LAG_LIMIT_MS,
-        "traffic": dict(built.info),
-        **runner.client_extra(load),
-    }
-    return RunResult(
-        model=subject.model,
-        backend=subject.backend,
-        scenario=scenario,
-        records=load.records,
-        summary=summary,
-        invalid=tuple(reasons),
-        loop_lag_ms=load.loop_lag_ms,
-        extra=extra,
-    )
+    extra = {"prompt_tokens_checked": built.checked, "traffic": dict(built.info)}
+    return runner.run_result(subject, scenario, load, summary, reasons, extra)

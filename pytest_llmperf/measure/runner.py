@@ -30,14 +30,14 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pytest_llmperf.measure import client, loadgen, prompts
 from pytest_llmperf.measure.client import Target
 from pytest_llmperf.measure.stats import summarize
-from pytest_llmperf.records import RequestRecord, RunResult, Scenario, Summary
+from pytest_llmperf.records import Capabilities, RequestRecord, RunResult, Scenario, Summary
 
 T = TypeVar("T")
 
@@ -112,10 +112,31 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return result
 
 
-def invalid_reasons(summary: Summary, scenario: Scenario, load: loadgen.LoadResult) -> tuple[str, ...]:
+def output_length_fix(caps: Capabilities) -> str:
+    """What makes a server answer exactly the asked output length, for the server as the client sees it."""
+    if caps.extra_body.get("ignore_eos"):
+        return (
+            "ignore_eos was sent and not honoured: this engine stops at the model's end of text; ask for "
+            "output lengths the model reaches, or measure on an engine that honours ignore_eos (vLLM, "
+            "llama-server)"
+        )
+    if caps.api.startswith("ollama"):
+        return (
+            "Ollama has no ignore_eos and stops at the model's end of text: ask for output lengths it reaches"
+        )
+    return (
+        "where the engine honours ignore_eos (vLLM, llama-server, SGLang), add --llm-server-option "
+        "ignore_eos=true"
+    )
+
+
+def invalid_reasons(
+    summary: Summary, scenario: Scenario, load: loadgen.LoadResult, caps: Capabilities | None = None
+) -> tuple[str, ...]:
     """Why this measurement cannot be trusted; empty when it can.
 
     The lag figures are ``load``'s: the samples of every client loop of the run and their distribution.
+    ``caps`` (the server's, as the client sees them) name the fix for an output length not honoured.
     """
     reasons = []
     done = [r for r in load.records if r.ok and not r.warmup]
@@ -126,6 +147,7 @@ def invalid_reasons(summary: Summary, scenario: Scenario, load: loadgen.LoadResu
         reasons.append(
             f"invalid measurement: {misses} of {len(done)} requests returned != {scenario.output_tokens} "
             f"output tokens (got {', '.join(got)}); the server did not honour the output length"
+            + (f": {output_length_fix(caps)}" if caps is not None else "")
         )
     lag = load.loop_lag_ms
     late = sum(v > LAG_LIMIT_MS for v in load.lag_samples_ms)
@@ -317,19 +339,31 @@ def measure(
     )
     load = run_prepared(prepared, scenario, on_record, on_measured, settings)
     summary = summarize_run(load.records, scenario)
-    extra: dict[str, object] = {
-        "stopped_early": load.stopped_early,
-        "prompt_tokens_checked": checked,
-        "lag_limit_ms": LAG_LIMIT_MS,
-        **client_extra(load),
-    }
+    invalid = invalid_reasons(summary, scenario, load, subject.target.capabilities)
+    return run_result(subject, scenario, load, summary, invalid, {"prompt_tokens_checked": checked})
+
+
+def run_result(
+    subject: Subject,
+    scenario: Scenario,
+    load: loadgen.LoadResult,
+    summary: Summary,
+    invalid: Sequence[str],
+    extra: Mapping[str, object],
+) -> RunResult:
+    """The ``RunResult`` of a finished load: records, summary, validity, and what the client says of it."""
     return RunResult(
         model=subject.model,
         backend=subject.backend,
         scenario=scenario,
         records=load.records,
         summary=summary,
-        invalid=invalid_reasons(summary, scenario, load),
+        invalid=tuple(invalid),
         loop_lag_ms=load.loop_lag_ms,
-        extra=extra,
+        extra={
+            "stopped_early": load.stopped_early,
+            "lag_limit_ms": LAG_LIMIT_MS,
+            **extra,
+            **client_extra(load),
+        },
     )

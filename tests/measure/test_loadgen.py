@@ -207,7 +207,8 @@ def test_output_length_misses_over_5_percent_are_invalid(tmp_path: Path, every: 
     else:
         assert reasons == [
             "invalid measurement: 2 of 20 requests returned != 8 output tokens (got 4); "
-            "the server did not honour the output length"
+            "the server did not honour the output length: where the engine honours ignore_eos (vLLM, "
+            "llama-server, SGLang), add --llm-server-option ignore_eos=true"
         ]
 
 
