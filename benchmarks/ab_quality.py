@@ -161,7 +161,7 @@ class Levers:
 
 
 def pytest_session(kind: str, args: list[str], work: Path, levers: Levers | None = None) -> Session:
-    bench = work / f"{kind}-{time.monotonic_ns()}.json"
+    bench = work / f"{kind.replace('/', '')}-{time.monotonic_ns()}.json"
     argv = [
         sys.executable,
         "-m",

@@ -6,8 +6,8 @@ keeps a per-block ratio candidate/baseline with a log-sd near 0.07 on
 llama-server (issue 19). So the unit here is the *block*: each block
 measures both sides back to back (in ``AB`` or ``BA`` order, alternating
 from a seeded start, so neither side always goes first), and for each
-metric the figure of a side in a block is the median of its requests (the
-block's output tok/s for throughput). The verdict reads only the per-block
+metric the figure of a side in a block is the median of its requests'
+values (``figures``). The verdict reads only the per-block
 log ratios ``x_b = log(candidate_b / baseline_b)``:
 
 * the estimate is their mean (the geometric mean ratio) with a Student-t
@@ -34,11 +34,12 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import median
 
 from pytest_llmperf.judge.noise import SESSION_ALPHA
 from pytest_llmperf.measure.stats import t_quantile
-from pytest_llmperf.records import HIGHER_IS_BETTER, Outcome, OutcomeKind, Summary
-from pytest_llmperf.schema import SAMPLE_METRICS
+from pytest_llmperf.records import HIGHER_IS_BETTER, Outcome, OutcomeKind, RunResult
+from pytest_llmperf.schema import SAMPLE_METRICS, request_samples
 
 PAIRED_METRICS = SAMPLE_METRICS
 DECODE_METRICS = ("tpot_ms", "itl_ms", "e2e_ms")
@@ -52,16 +53,19 @@ on a quiet machine, below the run-to-run spread of any single-run gate."""
 Figures = Mapping[str, float | None]
 
 
-def figures(summary: Summary) -> dict[str, float | None]:
-    """One side's figures in one block: the median of each latency, the block's output tok/s."""
-    out: dict[str, float | None] = {}
-    for metric in PAIRED_METRICS:
-        if metric == "output_tok_per_s":
-            out[metric] = summary.output_tok_per_s
-            continue
-        dist = getattr(summary, metric)
-        out[metric] = dist.p50 if dist is not None else None
-    return out
+def figures(result: RunResult) -> dict[str, float | None]:
+    """One side's figures in one block: the median of its requests' values, as the history gate
+    takes a case's figure (``schema.request_samples``: TTFT, TPOT, E2E, each request's mean
+    inter-token gap, its output tok/s).
+
+    Per-request values, not the block's pooled token gaps: under a CPU quota those gaps are
+    bimodal (a token on either side of a throttled period), and their median jumps between the
+    modes (A/A sessions here showed ITL p50 +4-5% with TPOT at 1.00); a request's mean gap does not.
+    """
+    s = request_samples(result)
+    samples = {"ttft_ms": s["ttft_ms"], "tpot_ms": s["tpot_ms"], "e2e_ms": s["e2e_ms"], "itl_ms": s["itl_ms"],
+               "output_tok_per_s": s["output_tok_per_s"]}  # fmt: skip
+    return {metric: (median(samples[metric]) if samples[metric] else None) for metric in PAIRED_METRICS}
 
 
 def orders(blocks: int, seed: int) -> list[str]:
@@ -222,10 +226,15 @@ def fold(outcome: Outcome, verdict: PairedVerdict) -> Outcome:
     """The test's outcome with the A/B verdict in it: a regression fails it, too few blocks make it invalid.
 
     Budgets and an invalid measurement keep their word (invalid > fail-budget >
-    fail-regression > pass); the A/B line is always among the notes.
+    fail-regression > pass). A missed budget also stands when too few blocks
+    could be trusted: the candidate's own failed requests both miss the error
+    budget and drop its blocks, and a run that fails its requests is a
+    ``fail-budget`` naming them, A/B or not. The A/B line is always among the notes.
     """
     notes = (*outcome.notes, verdict.summary_line())
     if outcome.kind in ("invalid", "fail", "error", "skip"):
+        return dataclasses.replace(outcome, notes=notes)
+    if verdict.invalid is not None and outcome.kind == "fail-budget":
         return dataclasses.replace(outcome, notes=notes)
     if verdict.invalid is not None:
         return dataclasses.replace(outcome, kind="invalid", reasons=(verdict.invalid,), notes=notes)

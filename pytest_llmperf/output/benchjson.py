@@ -16,8 +16,11 @@ of ``benchmarks`` and out of its table while still letting the run be saved.
 
 This module relies on pytest-benchmark 5.x internals (``_make_stats``,
 ``_mode``, ``has_error``, ``BenchmarkSession``'s attributes), pinned in the
-project's dependencies. It writes finished values only: it must not measure
-or judge.
+project's dependencies: pytest-benchmark has no public way to record timings
+measured elsewhere. Its fixture's public calls (``benchmark(fn)``,
+``benchmark.pedantic(fn)``) run and time a function themselves, and
+``_make_stats`` is where it builds an entry's stats from timings. It writes
+finished values only: it must not measure or judge.
 """
 
 from __future__ import annotations

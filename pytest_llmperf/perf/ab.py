@@ -20,9 +20,9 @@ import time
 
 from pytest_llmperf.judge import paired, verdict
 from pytest_llmperf.judge.paired import Block
-from pytest_llmperf.measure import stats
+from pytest_llmperf.measure import runner, stats
 from pytest_llmperf.perf.measurer import Ask, Measurement, Measurer, Point
-from pytest_llmperf.records import HardwareMode, RunResult, Scenario
+from pytest_llmperf.records import HardwareMode, RunResult, Scenario, Slo
 
 SIDES = {"A": "baseline", "B": "candidate"}
 
@@ -55,11 +55,12 @@ def untrusted(result: RunResult, busy: HardwareMode) -> str | None:
     return None
 
 
-def merged(results: list[RunResult], scenario: Scenario) -> RunResult:
-    """One side's blocks as one run: every request, rates over the blocks' own windows added up."""
+def merged(results: list[RunResult], scenario: Scenario, slo: Slo) -> RunResult:
+    """One side's blocks as one run: every request, rates over the blocks' own windows added up,
+    goodput against the test's per-request limits."""
     records = tuple(r for result in results for r in result.records)
     whole = dataclasses.replace(scenario, requests=sum(r.summary.requests for r in results))
-    summary = stats.summarize(records, whole)
+    summary = runner.summarize_run(records, whole)
     window_s = sum(r.summary.duration_s for r in results)
     done = [r for r in records if r.ok and not r.warmup]
     out = [r.output_tokens for r in done]
@@ -77,6 +78,7 @@ def merged(results: list[RunResult], scenario: Scenario) -> RunResult:
         output_tok_per_s=rate(sum(n or 0 for n in out)) if known_out else None,
         total_tok_per_s=rate(sum(n or 0 for n in out) + sum(n or 0 for n in ins)) if known_in else None,
     )
+    summary = stats.with_goodput(summary, records, slo)
     first = results[0]
     return dataclasses.replace(
         first, scenario=whole, records=records, summary=summary, invalid=(), extra={
@@ -110,7 +112,7 @@ def run_ab(base: Measurer, cand: Measurer, ask: Ask) -> RunResult:
                 return _record(base, cand, blocks, results, scenario, (SIDES[side], measured))
         why = [f"{SIDES[s]}: {w}" for s in "AB" if (w := untrusted(got[s], busy)) is not None]
         blocks.append(
-            Block(i, order, paired.figures(got["A"].summary), paired.figures(got["B"].summary),
+            Block(i, order, paired.figures(got["A"]), paired.figures(got["B"]),
                   dropped="; ".join(why) or None, started_s=round(at, 3))
         )  # fmt: skip
     return _record(base, cand, blocks, results, scenario, None)
@@ -130,12 +132,13 @@ def _record(
     if died is not None:
         why = f"the {died[0]} server died in block {len(blocks) + 1}; {len(blocks)} blocks were complete"
         found = dataclasses.replace(found, invalid=why)
+    slo = base.budgets().slo()
     sides = {
-        side: _side_info(m, merged(results[key], scenario) if results[key] else None)
+        side: _side_info(m, merged(results[key], scenario, slo) if results[key] else None)
         for key, side, m in (("A", "baseline", base), ("B", "candidate", cand))
     }
     shown = results["B"] or results["A"]
-    entry = merged(shown, scenario)
+    entry = merged(shown, scenario, slo)
     entry = dataclasses.replace(
         entry, model=base.wiring.model, extra={**entry.extra, "ab": paired.ab_info(found, blocks, sides)}
     )
@@ -151,5 +154,5 @@ def _side_info(m: Measurer, run: RunResult | None) -> dict[str, object]:
         "base_url": m.server.base_url,
         "engine_version": m.server.engine_version,
         "requests": s.requests if s is not None else 0,
-        "figures": paired.figures(s) if s is not None else {},
+        "figures": paired.figures(run) if run is not None else {},
     }

@@ -118,5 +118,7 @@ def test_the_ab_verdict_folds_into_the_test_outcome() -> None:
     assert len(budget.reasons) == 2
     assert fold(Outcome("pass"), same).kind == "pass"
     assert fold(Outcome("pass"), short) == Outcome("invalid", (short.invalid,), (short.summary_line(),))
+    errors = Outcome("fail-budget", ("8 of 8 requests failed (...); first: HTTP 503: overloaded",))
+    assert fold(errors, short).kind == "fail-budget"  # failed requests are a failure, A/B or not
     busy = Outcome("invalid", ("machine busy",))
     assert fold(busy, regressed).reasons == ("machine busy",)  # an invalid measurement stays invalid

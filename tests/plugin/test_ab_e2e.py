@@ -161,6 +161,33 @@ def test_a_candidate_that_dies_mid_session_is_a_failure_that_keeps_the_blocks_me
     assert ab["sides"]["baseline"]["requests"] > 0
 
 
+def test_a_candidate_answering_errors_fails_with_the_servers_message_like_any_run(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
+    pytester.makepyfile(test_ab=CASES)
+    out = tmp_path / "out"
+    with (
+        running_detserver(tmp_path / "a", model="org/det", ttft_ms=20, itl_ms=10) as base,
+        running_detserver(tmp_path / "b", model="org/det", ttft_ms=20, itl_ms=10, fault="http503") as cand,
+    ):
+        result = pytester.runpytest_subprocess(
+            *attach_args(base), f"--llm-candidate-base-url={cand.base_url}", "-k", "org/det-1",
+            f"--benchmark-json={out / 'bench.json'}", timeout=300,
+        )  # fmt: skip
+    result.assert_outcomes(failed=1)
+    message = "HTTP 503: The engine is currently overloaded, please try again later"
+    result.stdout.fnmatch_lines([f"*fail-budget: 8 of 8 requests failed*first: {message}*"])
+    llm = bench_entries(out / "bench.json")["test_case[org/det-1]"]
+    assert llm["outcome"] == "fail-budget"
+    assert llm["errors"] == 8
+    ab = llm["ab"]
+    assert isinstance(ab, dict)
+    assert ab["verdict"] == "invalid"  # no block could be trusted: every candidate request failed
+    assert ab["sides"]["baseline"]["requests"] == 8
+    assert all("candidate: 1 of 1 requests failed" in b["dropped"] for b in ab["blocks"])
+
+
 LLAMA_CASE = """
 def test_case(llm_perf):
     llm_perf.run(input_tokens=16, output_tokens=4, concurrency=1, requests=4)
