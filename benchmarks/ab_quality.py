@@ -263,6 +263,33 @@ def part_llama(args: argparse.Namespace, work: Path, drift: float | None) -> lis
     return sessions
 
 
+def regressed(metric: dict[str, Any], tolerance: float) -> bool:
+    """``judge.paired``'s rule from a saved metric: worse than both the tolerance and its noise bound."""
+    ratio, bound = metric["ratio"], metric["noise_bound"]
+    if metric["metric"] == "output_tok_per_s":
+        return -math.log(ratio) > max(-math.log(1 - tolerance), -math.log(1 - bound))
+    return math.log(ratio) > max(math.log1p(tolerance), math.log1p(bound))
+
+
+def rejudge(work: Path, tolerance: float) -> None:
+    """Every saved session of ``work`` judged again at another ``--llm-ab-tolerance``, exactly: each
+    entry keeps every metric's ratio and noise bound, and the verdict is ``change > max(both)``."""
+    sessions: dict[str, list[bool]] = {"AA": [], "AB": []}
+    for path in sorted(work.rglob("*.json")):
+        kind = (
+            "AA"
+            if path.name.startswith("AA") or (path.parent.name == "A" and path.name.startswith("A-"))
+            else "AB"
+        )
+        entries = [b["extra_info"]["llm"] for b in json.loads(path.read_text())["benchmarks"]]
+        hit = any(regressed(m, tolerance) for e in entries for m in (e.get("ab") or {}).get("metrics", []))
+        other = any(e["outcome"] not in ("pass", "fail-regression") for e in entries)
+        sessions[kind].append(hit or other)
+    aa, ab = sessions["AA"], sessions["AB"]
+    print(f"{work} at tolerance {tolerance:.0%}: A/A failing anywhere {sum(aa)} of {len(aa)}; "
+          f"A/B caught {sum(ab)} of {len(ab)}")  # fmt: skip
+
+
 def part_cost(args: argparse.Namespace, work: Path) -> None:
     cases = [str(ROOT / "examples"), "-k", args.cases]
     once = pytest_session("once", cases, work)
@@ -286,7 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drift-after", type=float, default=90.0, help="drift: seconds into each session")
     p.add_argument("--cases", default=LLAMA_CASES, help="llama: -k expression over examples/")
     p.add_argument("--work", type=Path, default=None)
+    p.add_argument(
+        "--rejudge",
+        type=float,
+        default=None,
+        metavar="TOL",
+        help="judge the sessions saved under --work again at this tolerance (0.03), measure nothing",
+    )
     args = p.parse_args(argv)
+    if args.rejudge is not None:
+        rejudge(args.work, args.rejudge)
+        return 0
     work = args.work or Path(tempfile.mkdtemp(prefix="ab-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"work: {work}; {math.ceil(args.sessions / 2)} A/A and {args.sessions // 2} A/B sessions per part")

@@ -270,9 +270,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "--llm-ab-tolerance",
-        "A/B: the smallest change, in percent, that fails when it is also beyond the noise (default: 2%%)",
+        "A/B: the smallest change, in percent, that fails when it is also beyond the noise (default: 3%%)",
         "PCT",
-        "2%",
+        "3%",
     ),
     Option(
         "--llm-gpus-per-worker",
@@ -345,7 +345,7 @@ class Settings:
     """The other side of an A/B session (``--llm-candidate-base-url`` and the others), or ``None``."""
     ab_blocks: int = 8
     """``--llm-ab-blocks``: blocks per A/B case."""
-    ab_tolerance: float = 0.02
+    ab_tolerance: float = 0.03
     """``--llm-ab-tolerance``: the smallest A/B change that fails (a fraction)."""
 
     @property

@@ -46,9 +46,10 @@ DECODE_METRICS = ("tpot_ms", "itl_ms", "e2e_ms")
 MIN_BLOCKS = 4
 """Valid blocks needed for a verdict: with fewer, the t interval is too wide to say anything."""
 CONFIDENCE = 0.95
-DEFAULT_TOLERANCE = 0.02
-"""A change smaller than 2% is not a regression, however certain: what the paired design resolves
-on a quiet machine, below the run-to-run spread of any single-run gate."""
+DEFAULT_TOLERANCE = 0.03
+"""A change smaller than 3% is not a regression, however certain. Two llama-server processes
+started alike on this 2-core VM differed systematically by up to 2% in TPOT in A/A sessions
+(``benchmarks/ab_quality.py``): a difference between processes, not a change to catch."""
 
 Figures = Mapping[str, float | None]
 
