@@ -157,6 +157,9 @@ async def _run_job(job: Job, jobs: Connection, results: Connection) -> None:
         cpu = _cpu_s() - measured_from[0]
     finally:
         loop.remove_reader(jobs.fileno())
+        # Watching the pipe made it non-blocking (libuv's poll); the loop between jobs blocks on
+        # it, and an empty non-blocking read there would look like the parent gone.
+        os.set_blocking(jobs.fileno(), True)
         connections.close()
     out.send(("done", WorkerDone(load.lag_samples_ms, cpu, connections.stats)))
     await out.close()

@@ -187,3 +187,19 @@ def test_telemetry_counts_worker_processes_as_the_client() -> None:
     assert busy is not None
     assert idle is not None
     assert busy - idle > 0.3  # the spinning worker's core is the client's (a shared machine gives it less)
+
+
+def test_a_pool_runs_one_job_after_another_with_idle_time_between(
+    det: DetServer, pool: workers.WorkerPool
+) -> None:
+    # Between two tests the workers wait for their next job. The job's event loop watched the
+    # jobs pipe (which left it non-blocking); a worker that then read an empty pipe took it for
+    # a parent gone, exited, and the next run broke its pipe (seen across a session's tests).
+    sc = Scenario(input_tokens=16, output_tokens=4, concurrency=4, requests=8, warmup=0)
+    first, _ = run_over_workers(det, sc)
+    pids = pool.pids
+    time.sleep(0.5)  # the workers are idle in their loop now, reading an empty jobs pipe
+    assert pool.alive(), "a worker exited while idle"
+    second, _ = run_over_workers(det, sc)
+    assert pool.pids == pids
+    assert all(r.ok for r in (*first.records, *second.records))
