@@ -41,14 +41,18 @@ def test_case(llm_perf, concurrency):
 
 
 def run_ab(
-    pytester: pytest.Pytester, tmp_path: Path, candidate_itl_ms: float, *extra: str
+    pytester: pytest.Pytester, tmp_path: Path, candidate_itl_ms: float, *extra: str, fault: str | None = None
 ) -> pytest.RunResult:
+    """Both servers for the ``with`` block, the candidate with ``candidate_itl_ms`` and ``fault``;
+    artifacts under ``tmp_path / "out"``."""
     pytester.makeini(INI_WARNINGS_ARE_ERRORS)
     pytester.makepyfile(test_ab=CASES)
     out = tmp_path / "out"
     with (
         running_detserver(tmp_path / "a", model="org/det", ttft_ms=20, itl_ms=10) as base,
-        running_detserver(tmp_path / "b", model="org/det", ttft_ms=20, itl_ms=candidate_itl_ms) as cand,
+        running_detserver(
+            tmp_path / "b", model="org/det", ttft_ms=20, itl_ms=candidate_itl_ms, fault=fault
+        ) as cand,
     ):
         return pytester.runpytest_subprocess(
             *attach_args(base), f"--llm-candidate-base-url={cand.base_url}",
@@ -139,21 +143,9 @@ def test_a_candidate_that_refuses_connections_is_one_line_and_loses_nothing(
 def test_a_candidate_that_dies_mid_session_is_a_failure_that_keeps_the_blocks_measured(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
-    pytester.makepyfile(test_ab=CASES)
-    out = tmp_path / "out"
-    with (
-        running_detserver(tmp_path / "a", model="org/det", ttft_ms=20, itl_ms=10) as base,
-        running_detserver(
-            tmp_path / "b", model="org/det", ttft_ms=20, itl_ms=10, fault="die-after=12"
-        ) as cand,
-    ):
-        result = pytester.runpytest_subprocess(
-            *attach_args(base), f"--llm-candidate-base-url={cand.base_url}", "-k", "org/det-1",
-            f"--benchmark-json={out / 'bench.json'}", f"--llm-save-requests={out / 'requests'}", timeout=300,
-        )  # fmt: skip
+    result = run_ab(pytester, tmp_path, 10, "-k", "org/det-1", fault="die-after=12")
     result.assert_outcomes(failed=1)
-    llm = bench_entries(out / "bench.json")["test_case[org/det-1]"]
+    llm = bench_entries(tmp_path / "out" / "bench.json")["test_case[org/det-1]"]
     assert llm["outcome"] in ("invalid", "fail-budget", "fail")
     ab = llm["ab"]
     assert isinstance(ab, dict)
@@ -164,21 +156,11 @@ def test_a_candidate_that_dies_mid_session_is_a_failure_that_keeps_the_blocks_me
 def test_a_candidate_answering_errors_fails_with_the_servers_message_like_any_run(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
-    pytester.makeini(INI_WARNINGS_ARE_ERRORS)
-    pytester.makepyfile(test_ab=CASES)
-    out = tmp_path / "out"
-    with (
-        running_detserver(tmp_path / "a", model="org/det", ttft_ms=20, itl_ms=10) as base,
-        running_detserver(tmp_path / "b", model="org/det", ttft_ms=20, itl_ms=10, fault="http503") as cand,
-    ):
-        result = pytester.runpytest_subprocess(
-            *attach_args(base), f"--llm-candidate-base-url={cand.base_url}", "-k", "org/det-1",
-            f"--benchmark-json={out / 'bench.json'}", timeout=300,
-        )  # fmt: skip
+    result = run_ab(pytester, tmp_path, 10, "-k", "org/det-1", fault="http503")
     result.assert_outcomes(failed=1)
     message = "HTTP 503: The engine is currently overloaded, please try again later"
     result.stdout.fnmatch_lines([f"*fail-budget: 8 of 8 requests failed*first: {message}*"])
-    llm = bench_entries(out / "bench.json")["test_case[org/det-1]"]
+    llm = bench_entries(tmp_path / "out" / "bench.json")["test_case[org/det-1]"]
     assert llm["outcome"] == "fail-budget"
     assert llm["errors"] == 8
     ab = llm["ab"]
