@@ -133,12 +133,12 @@ def _record(
         why = f"the {died[0]} server died in block {len(blocks) + 1}; {len(blocks)} blocks were complete"
         found = dataclasses.replace(found, invalid=why)
     slo = base.budgets().slo()
+    runs = {key: merged(results[key], scenario, slo) if results[key] else None for key in "AB"}
     sides = {
-        side: _side_info(m, merged(results[key], scenario, slo) if results[key] else None)
-        for key, side, m in (("A", "baseline", base), ("B", "candidate", cand))
+        side: _side_info(m, runs[key]) for key, side, m in (("A", "baseline", base), ("B", "candidate", cand))
     }
-    shown = results["B"] or results["A"]
-    entry = merged(shown, scenario, slo)
+    entry = runs["B"] or runs["A"]
+    assert entry is not None  # a block measures a side before anything can end the loop
     entry = dataclasses.replace(
         entry, model=base.wiring.model, extra={**entry.extra, "ab": paired.ab_info(found, blocks, sides)}
     )

@@ -39,14 +39,14 @@ SEARCHES = ("concurrency", "rate", "both")
 
 @dataclass(frozen=True)
 class CapacitySearch:
-    """How ``llm_perf.capacity`` searches, as typed: checked by ``check``, never before."""
+    """How ``llm_perf.capacity`` searches, as typed (the defaults are its own): checked by ``check``."""
 
-    by: str = "concurrency"
-    low: int = 1
-    high: int = 32
-    max_probes: int = 12
-    slo_attainment: float = 0.99
-    rate_step: float | None = None
+    by: str
+    low: int
+    high: int
+    max_probes: int
+    slo_attainment: float
+    rate_step: float | None
 
     def check(self, where: str) -> None:
         """A ``ConfigError`` naming the first impossible argument of the search."""
